@@ -1,0 +1,160 @@
+"""Checkpoints: safetensors weights + JSON metadata, one folder per version.
+
+    <model_dir>/
+      v000001/
+        weights.safetensors   every tensor of the model (`Recommender.tensors()`)
+        metadata.json         kind, hyperparameters, item vocabulary, version, metrics, training window
+
+Loading reads tensors with safetensors and everything else from JSON: nothing is ever
+unpickled, so a checkpoint from an untrusted place cannot run code. A version folder is
+written under a temporary name and renamed into place, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.base import REGISTRY, Recommender
+
+WEIGHTS_FILE = "weights.safetensors"
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+
+
+@dataclass
+class CheckpointMetadata:
+    kind: str
+    version: int
+    item_ids: list[str]
+    hyperparameters: dict[str, Any]
+    name: str = "streamrec"
+    created_at_ms: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    # Where the training data came from: {"source": "ratings:u.data" | "topic:user-events",
+    # "events": n, "users": n, "window_start_ms": t0, "window_end_ms": t1, ...}
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass
+class LoadedModel:
+    model: Recommender
+    metadata: CheckpointMetadata
+    path: Path
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder is missing, incomplete or inconsistent."""
+
+
+def version_dir(model_dir: Path, version: int) -> Path:
+    return Path(model_dir) / f"v{version:06d}"
+
+
+def versions(model_dir: Path) -> list[int]:
+    """Versions present under `model_dir`, oldest first (complete ones only)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    found = []
+    for child in model_dir.iterdir():
+        match = _VERSION_DIR.match(child.name)
+        if match and (child / METADATA_FILE).is_file() and (child / WEIGHTS_FILE).is_file():
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def next_version(model_dir: Path) -> int:
+    existing = versions(model_dir)
+    return existing[-1] + 1 if existing else 1
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint folder itself, or the newest version inside a model directory."""
+    path = Path(path)
+    if (path / METADATA_FILE).is_file():
+        return path
+    existing = versions(path)
+    if not existing:
+        raise CheckpointError(
+            f"{path} holds no checkpoint: expected {METADATA_FILE} there or v000001/... folders inside; "
+            "train one with `streamrec train --ratings FILE --out DIR`"
+        )
+    return version_dir(path, existing[-1])
+
+
+def save(
+    model: Recommender,
+    model_dir: Path,
+    *,
+    item_ids: list[str],
+    version: int | None = None,
+    name: str = "streamrec",
+    metrics: dict[str, float] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` as version `version` (default: the next free one) under `model_dir`."""
+    assert len(item_ids) == model.n_items, (
+        f"item vocabulary has {len(item_ids)} ids but the model scores {model.n_items} items"
+    )
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else version
+    target = version_dir(model_dir, version)
+    if target.exists():
+        raise CheckpointError(f"{target} already exists; versions are never overwritten")
+
+    metadata = CheckpointMetadata(
+        kind=model.kind,
+        version=version,
+        item_ids=list(item_ids),
+        hyperparameters=model.hyperparameters(),
+        name=name,
+        created_at_ms=int(time.time() * 1000),
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=model_dir))
+    try:
+        # safetensors wants contiguous CPU tensors that share no memory.
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.tensors().items()}
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+        (staging / METADATA_FILE).write_text(json.dumps(metadata.__dict__, indent=1))
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a checkpoint folder (or the newest one in a model directory) onto `device`."""
+    folder = resolve(Path(path))
+    try:
+        raw = json.loads((folder / METADATA_FILE).read_text())
+        metadata = CheckpointMetadata(**raw)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{folder / METADATA_FILE} is not valid checkpoint metadata: {exc}") from exc
+    if metadata.kind not in REGISTRY:
+        raise CheckpointError(
+            f"{folder} holds a model of kind {metadata.kind!r}, which this build does not know "
+            f"(known: {', '.join(sorted(REGISTRY))})"
+        )
+    cls = REGISTRY[metadata.kind]
+    config = cls.Config(**metadata.hyperparameters)
+    model = cls(len(metadata.item_ids), config)
+    model.load_tensors(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
+    model.to(device)
+    return LoadedModel(model=model, metadata=metadata, path=folder)
