@@ -1,0 +1,163 @@
+"""MovieLens files by path -> sparse user x item matrices.
+
+Formats, told apart by the first line of the file:
+
+    u.data       (ML-100K)          user<TAB>item<TAB>rating<TAB>timestamp, no header
+    ratings.dat  (ML-1M, ML-10M)    user::item::rating::timestamp, no header
+    ratings.csv  (ML-20M, ML-25M)   header userId,movieId,rating,timestamp
+
+Files are parsed in byte chunks by NumPy's C parser (`np.fromstring`), never one Python
+object per row, so ML-20M (20M rows, 500 MB of text) is read with memory bounded by the
+chunk plus the compact output arrays (about 20 bytes per kept rating).
+
+Every model treats its input as implicit feedback, so matrices hold 1.0 per kept rating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Interactions:
+    """A user x item matrix and the ids it was built from (index order)."""
+
+    user_ids: list[str]  # the file's user ids, as strings
+    item_ids: list[str]  # the file's item ids, as strings; the checkpoint's vocabulary
+    matrix: sp.csr_matrix  # (n_users, n_items) float32, 1.0 per positive
+    # Same sparsity pattern as `matrix`, seconds since the epoch (int64), when the file has them.
+    timestamps: sp.csr_matrix | None = None
+
+
+@dataclass
+class FixedSplit:
+    """A split published by someone else, in the index space of its files."""
+
+    train: sp.csr_matrix  # (n_users, n_items) positives the model may learn from
+    test: sp.csr_matrix  # (n_users, n_items) held-out positives, disjoint from train
+    validation: sp.csr_matrix | None = None  # when the split defines one
+
+
+def _detect_format(path: Path) -> tuple[bytes, bool]:
+    """(separator, has_header) from the first line of a MovieLens ratings file."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    for sep in (b"::", b"\t", b",", b" "):
+        if sep in first:
+            has_header = not first.split(sep)[0].strip().replace(b".", b"").isdigit()
+            return sep, has_header
+    raise ValueError(
+        f"{path}: cannot tell the format from its first line {first[:80]!r}; expected u.data (tabs), "
+        "ratings.dat ('::'), ratings.csv (commas, header userId,movieId,rating,timestamp) or spaces"
+    )
+
+
+def _numeric_chunks(path: Path, n_columns: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """(rows, n_columns) float64 arrays from a headerless-or-not delimited numeric file."""
+    sep, has_header = _detect_format(path)
+    with open(path, "rb") as f:
+        if has_header:
+            f.readline()
+        tail = b""
+        while True:
+            block = f.read(chunk_bytes)
+            text = tail + block
+            cut = text.rfind(b"\n") + 1 if block else len(text)  # the last line may lack a newline
+            tail, text = text[cut:], text[:cut]
+            if text.strip():
+                # sep=" " makes NumPy split on any whitespace, so map the separator to a space.
+                values = np.fromstring(text.replace(sep, b" "), dtype=np.float64, sep=" ")
+                assert values.size % n_columns == 0, (
+                    f"{path}: a line does not have {n_columns} numeric fields near byte {f.tell()}"
+                )
+                yield values.reshape(-1, n_columns)
+            if not block:
+                return
+
+
+def _to_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], timestamps=None):
+    """Binary CSR (and a timestamp CSR with the same pattern); a repeated pair keeps its last row."""
+    keys = rows.astype(np.int64) * shape[1] + cols
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    last = np.r_[keys[1:] != keys[:-1], True]  # the last of each run of equal (user, item) keys
+    order, keys = order[last], keys[last]
+    indptr = np.r_[0, np.cumsum(np.bincount(keys // shape[1], minlength=shape[0]))]
+    indices = (keys % shape[1]).astype(np.int32)
+    matrix = sp.csr_matrix((np.ones(len(keys), np.float32), indices, indptr), shape=shape)
+    if timestamps is None:
+        return matrix, None
+    return matrix, sp.csr_matrix((timestamps[order], indices.copy(), indptr.copy()), shape=shape)
+
+
+def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions:
+    """Read u.data / ratings.dat / ratings.csv into an implicit-feedback `Interactions`.
+
+    min_rating None keeps every rating as a positive (the CFGAN and Datasets-Dilemma view);
+    min_rating=4 keeps ratings >= 4 (the Mult-VAE view). Users and items without a kept rating
+    are dropped; ids are numbered in ascending numeric order of the file's ids.
+    """
+    path = Path(path)
+    users, items, stamps = [], [], []
+    for chunk in _numeric_chunks(path, n_columns=4):  # (rows, 4): user, item, rating, timestamp
+        if min_rating is not None:
+            chunk = chunk[chunk[:, 2] >= min_rating]
+        users.append(chunk[:, 0].astype(np.int64))
+        items.append(chunk[:, 1].astype(np.int64))
+        stamps.append(chunk[:, 3].astype(np.int64))
+    if not users or sum(len(u) for u in users) == 0:
+        raise ValueError(f"{path} holds no rating >= {min_rating}" if min_rating else f"{path} is empty")
+    user_raw, rows = np.unique(np.concatenate(users), return_inverse=True)
+    item_raw, cols = np.unique(np.concatenate(items), return_inverse=True)
+    matrix, timestamps = _to_csr(rows, cols, (len(user_raw), len(item_raw)), np.concatenate(stamps))
+    return Interactions(
+        user_ids=[str(u) for u in user_raw.tolist()],
+        item_ids=[str(i) for i in item_raw.tolist()],
+        matrix=matrix,
+        timestamps=timestamps,
+    )
+
+
+def _index_pairs(path: Path, n_columns: int) -> np.ndarray:
+    """(rows, 2) int64 (user index, item index) pairs from a small split file."""
+    return np.concatenate(list(_numeric_chunks(path, n_columns)))[:, :2].astype(np.int64)
+
+
+def load_cfgan_split(folder: Path) -> FixedSplit:
+    """The CFGAN authors' ML-100K split: ML100K.train / ML100K.test, `user item rating`, 0-based.
+
+    As in the authors' loader, every rating (1-5) is a positive.
+    """
+    folder = Path(folder)
+    train = _index_pairs(folder / "ML100K.train", 3)
+    test = _index_pairs(folder / "ML100K.test", 3)
+    shape = (int(max(train[:, 0].max(), test[:, 0].max())) + 1, int(train[:, 1].max()) + 1)
+    assert test[:, 1].max() < shape[1], "every test item must occur in training (true of the shipped split)"
+    return FixedSplit(
+        train=_to_csr(train[:, 0], train[:, 1], shape)[0], test=_to_csr(test[:, 0], test[:, 1], shape)[0]
+    )
+
+
+def load_chrono_loo(folder: Path) -> FixedSplit:
+    """Chin et al.'s chronological leave-one-out ML-100K split: train/validation/test.csv.
+
+    Indices k refer to line k of users.txt / items.txt; every rating is a positive.
+    """
+    folder = Path(folder)
+    shape = (
+        len((folder / "users.txt").read_text().split()),
+        len((folder / "items.txt").read_text().split()),
+    )
+
+    def read(name: str) -> sp.csr_matrix:
+        pairs = _index_pairs(folder / name, 2)
+        return _to_csr(pairs[:, 0], pairs[:, 1], shape)[0]
+
+    return FixedSplit(train=read("train.csv"), validation=read("validation.csv"), test=read("test.csv"))

@@ -1,0 +1,58 @@
+"""One training entry for every model kind.
+
+`train_model` does not know which model it trains: it looks the kind up in `REGISTRY`,
+applies hyperparameter overrides to the model's own `Config` dataclass, moves the model to
+the chosen device and calls `fit`. The stream worker's trainer, `streamrec train` and the
+offline evaluation all go through here, so a model trains the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import scipy.sparse as sp
+import torch
+
+from models.base import REGISTRY, EpochCallback, FitReport, Recommender, pick_device
+
+
+def make_config(kind: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The kind's default `Config` with `overrides` applied; unknown names are an error."""
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(sorted(REGISTRY))}")
+    config = REGISTRY[kind].Config()
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{kind} has no hyperparameter {unknown}; it has {sorted(known)}")
+    return dataclasses.replace(config, **overrides)
+
+
+def train_model(
+    kind: str,
+    X: sp.csr_matrix,
+    *,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[Recommender, FitReport]:
+    """Create a `kind` model for X's catalog, train it on X (n_users, n_items) and return it.
+
+    device None means `pick_device("auto")` (CUDA when torch sees a GPU). `epochs` is a
+    shortcut for overrides={"epochs": n} and is ignored by models that do not iterate
+    (popularity, EASE, ItemKNN). Same seed, same device -> same model.
+    """
+    overrides = dict(overrides or {})
+    config = make_config(kind, overrides)
+    if epochs is not None and hasattr(config, "epochs"):
+        config = dataclasses.replace(config, epochs=epochs)
+    # Weights are drawn when the model is built, so seed before building, not only in fit.
+    torch.manual_seed(seed)
+    model = REGISTRY[kind](X.shape[1], config)
+    model.to(device if isinstance(device, torch.device) else pick_device(device or "auto"))
+    report = model.fit(sp.csr_matrix(X), seed=seed, on_epoch=on_epoch)
+    return model, report
