@@ -1,0 +1,1 @@
+"""streamrec's stream worker: Kafka in, rolling user state, generative model, Kafka out."""

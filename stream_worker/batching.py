@@ -1,0 +1,52 @@
+"""Micro-batching: coalesce the users whose state changed; flush on size or deadline.
+
+Several events of one user between two flushes become one inference. A flush is due when
+`max_size` users are waiting or when the oldest uncommitted work has waited `max_wait_s`
+(uncommitted work includes records that changed no user, e.g. dead letters, so their
+offsets are committed on the same deadline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+
+class MicroBatcher:
+    def __init__(self, max_size: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        assert max_size >= 1, "max_size must be at least 1"
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self._clock = clock
+        self._waiting: dict[str, None] = {}  # an ordered set: first change first
+        self._since: float | None = None  # when the oldest uncommitted work arrived
+
+    def add(self, user_ids: Iterable[str]) -> None:
+        """Users whose state changed (again) since the last flush."""
+        self._waiting.update(dict.fromkeys(user_ids))
+        self.note_pending()
+
+    def note_pending(self) -> None:
+        """Records were consumed that must be committed with the next flush."""
+        if self._since is None:
+            self._since = self._clock()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def pending(self) -> bool:
+        return self._since is not None
+
+    def waited_s(self) -> float:
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def due(self) -> bool:
+        return len(self._waiting) >= self.max_size or (self._since is not None and self.waited_s() >= self.max_wait_s)
+
+    def drain(self) -> list[list[str]]:
+        """All waiting users in chunks of at most `max_size`, oldest change first; resets."""
+        users = list(self._waiting)
+        self._waiting.clear()
+        self._since = None
+        return [users[i : i + self.max_size] for i in range(0, len(users), self.max_size)]

@@ -1,0 +1,130 @@
+"""One frozen settings object, read from the environment (prefix STREAMREC_) once, in main.
+
+Every default, topic name and tunable lives here and nowhere else. A bad value stops the
+process at start-up with one sentence naming the variable and what it must be
+(`load_settings` turns pydantic's report into that sentence).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMREC_"
+
+# Weight of one interaction in the user's state, by event type (RATING is further scaled by
+# value / 5). Purchases say more than views; OTHER is what an old reader sees for a new kind.
+DEFAULT_EVENT_WEIGHTS = {
+    "VIEW": 1.0,
+    "CLICK": 2.0,
+    "ADD_TO_CART": 3.0,
+    "PURCHASE": 5.0,
+    "RATING": 4.0,
+    "OTHER": 1.0,
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message says which and what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # --- Kafka -------------------------------------------------------------------------
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,...]")
+    kafka_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings for every client, as JSON (e.g. security.protocol, sasl.*)",
+    )
+    events_topic: str = "user-events"
+    recommendations_topic: str = "recommendations"
+    model_updates_topic: str = "model-updates"
+    dlq_topic: str = "user-events.dlq"
+    topic_partitions: int = Field(3, ge=1, description="Partitions of topics that `topics create` makes")
+    group_id: str = Field("streamrec-worker", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group with no committed offset starts"
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent Schema Registry URL; unset = Avro single-object encoding"
+    )
+
+    # --- worker ------------------------------------------------------------------------
+    model_dir: Path | None = Field(None, description="Checkpoint folder, or a model directory of versions")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    top_k: int = Field(20, ge=1, le=1000)
+    max_batch_size: int = Field(256, ge=1, description="Users scored together at most")
+    max_batch_wait_ms: int = Field(50, ge=0, description="Longest a changed user waits to be scored")
+    poll_max_records: int = Field(1000, ge=1, description="Records taken from Kafka per loop turn at most")
+    state_max_users: int = Field(1_000_000, ge=1, description="Users held in memory; least recent evicted")
+    state_recent_items: int = Field(100, ge=1, le=10_000, description="Interactions remembered per user")
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    decay_half_life_s: float = Field(
+        30 * 24 * 3600.0, ge=0, description="Interaction weight halves after this long; 0 = no decay"
+    )
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = off")
+    metrics_host: str = "0.0.0.0"
+
+    # --- trainer -----------------------------------------------------------------------
+    trainer_model_kind: str = "multvae"
+    trainer_interval_s: float = Field(300.0, gt=0)
+    trainer_window_s: float = Field(7 * 24 * 3600.0, gt=0, description="Event-time span each training reads")
+    trainer_min_events: int = Field(1000, ge=1, description="Skip a round with fewer events than this")
+    trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = the model's default")
+    trainer_metrics_port: int = Field(9465, ge=0, le=65535)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_look_like_host_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_cover_every_event_type(cls, value: dict[str, float]) -> dict[str, float]:
+        merged = {**DEFAULT_EVENT_WEIGHTS, **{k.upper(): v for k, v in value.items()}}
+        unknown = set(merged) - set(DEFAULT_EVENT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown event types {sorted(unknown)}; known: {sorted(DEFAULT_EVENT_WEIGHTS)}")
+        if any(w < 0 for w in merged.values()):
+            raise ValueError("weights must be >= 0")
+        return merged
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        topics = [self.events_topic, self.recommendations_topic, self.model_updates_topic, self.dlq_topic]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"the four topics must be different, got {topics}")
+        # Users waiting to be scored are the most recently active, so eviction (least recent
+        # first) can never take one of them as long as they all fit at once.
+        if self.state_max_users < self.max_batch_size + self.poll_max_records:
+            raise ValueError(
+                f"state_max_users ({self.state_max_users}) must be at least max_batch_size + "
+                f"poll_max_records ({self.max_batch_size + self.poll_max_records})"
+            )
+        return self
+
+    def kafka_common(self) -> dict[str, Any]:
+        """librdkafka settings every client of ours shares."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_options}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment + command-line overrides (which win), or ConfigError with one clear sentence."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            where = f"{ENV_PREFIX}{field.upper()}" if error["loc"] else "settings"
+            problems.append(f"{where}: {error['msg']}")
+        raise ConfigError("Invalid configuration - " + "; ".join(problems)) from None

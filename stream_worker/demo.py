@@ -1,0 +1,300 @@
+"""`streamrec demo`: the whole system on a synthetic world, end to end, then cleaned up.
+
+1. a broker: the configured cluster, else the local one (started here, stopped at the end)
+2. fresh topics for this run (deleted at the end), so reruns never see old data
+3. history: synthetic events onto the events topic; a first Mult-VAE trained from the topic
+4. a worker and a trainer as separate processes, as in production
+5. live events at a fixed rate (plus a few malformed records for the dead-letter topic),
+   with a progress table scraped from the worker's /metrics
+6. example recommendations beside each user's true taste, and a quality figure
+7. SIGTERM to worker and trainer; their exit codes decide ours
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from stream_worker.codec import UserEvent
+from stream_worker.config import ENV_PREFIX, Settings, load_settings
+from stream_worker.kafka_local import REPO_ROOT, LocalKafka, free_port
+from stream_worker.replay import publish_events, retimed
+from stream_worker.synthetic import SyntheticWorld
+from stream_worker.tail import follow
+from stream_worker.topics import ensure_topics
+from stream_worker.trainer import train_from_topic
+
+HISTORY_EVENTS = 60_000
+N_USERS, N_ITEMS = 2_000, 1_000
+TRUE_TOP = 50  # a recommendation "hits" when it is among the user's 50 truly preferred items
+
+
+def run_demo(*, bootstrap_servers: str | None, events: int, rate: float, console: Console) -> int:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    workdir = REPO_ROOT / "runs" / "demo"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    broker = None
+    if not (bootstrap_servers or os.environ.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS")):
+        broker = LocalKafka(port=9092)
+        if broker.running():
+            broker = None  # someone else's; leave it running
+            console.print("using the local broker already running on 127.0.0.1:9092")
+        else:
+            console.print("starting a local Kafka broker on 127.0.0.1:9092 (first time: Maven fetches its jars)")
+            broker.start()
+    prefix = f"streamrec-demo-{run_id}"
+    settings = load_settings(
+        bootstrap_servers=bootstrap_servers,
+        events_topic=f"{prefix}.user-events",
+        recommendations_topic=f"{prefix}.recommendations",
+        model_updates_topic=f"{prefix}.model-updates",
+        dlq_topic=f"{prefix}.user-events.dlq",
+        group_id=prefix,
+        model_dir=workdir / "models",
+        metrics_port=free_port(),
+        trainer_metrics_port=0,
+        trainer_min_events=1000,
+        trainer_interval_s=3600,
+        trainer_epochs=30,
+    )
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        return _demo(settings, events=events, rate=rate, workdir=workdir, processes=processes, console=console)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        AdminClient(settings.kafka_common()).delete_topics(
+            [settings.events_topic, settings.recommendations_topic, settings.model_updates_topic, settings.dlq_topic]
+        )
+        if broker is not None:
+            console.print("stopping the local broker")
+            broker.stop()
+
+
+def _demo(
+    settings: Settings,
+    *,
+    events: int,
+    rate: float,
+    workdir: Path,
+    processes: list[subprocess.Popen[bytes]],
+    console: Console,
+) -> int:
+    ensure_topics(settings)
+    world = SyntheticWorld(n_users=N_USERS, n_items=N_ITEMS)
+    now_ms = int(time.time() * 1000)
+    console.rule("1. history and a first model")
+    history = world.events(HISTORY_EVENTS, seed=1, start_ms=now_ms - HISTORY_EVENTS, spacing_ms=1)
+    publish_events(settings, history)
+    console.print(f"published {HISTORY_EVENTS} history events ({N_USERS} users, {N_ITEMS} items)")
+    first = train_from_topic(settings, settings.model_dir)
+    assert first is not None, "the history must be enough to train on"
+    console.print(f"trained {first.metadata.name} v{first.metadata.version}: {_fmt(first.metadata.metrics)}")
+
+    console.rule("2. worker and trainer running; live events")
+    env = {**os.environ, **_env(settings)}
+    log_dir = workdir / "logs"
+    log_dir.mkdir()
+    for name, args in (("worker", ["worker"]), ("trainer", ["trainer", "--interval", "3600"])):
+        log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        processes.append(
+            subprocess.Popen([sys.executable, "-m", "stream_worker", *args], env=env, stdout=log, stderr=log)
+        )
+    metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    _wait_for(lambda: _scrape(metrics_url) is not None, 60, "the worker's /metrics endpoint")
+
+    live = world.events(events, seed=2, start_ms=now_ms, spacing_ms=0)
+    sender = threading.Thread(
+        target=lambda: publish_events(settings, _stamped_now(live), rate=rate), name="live-events", daemon=True
+    )
+    sender.start()
+    _send_malformed(settings, 5)
+    with Live(console=console, refresh_per_second=2) as view:
+        started = time.monotonic()
+        while sender.is_alive() or not _drained(settings):
+            view.update(_progress_table(_scrape(metrics_url) or {}, time.monotonic() - started))
+            time.sleep(0.5)  # the refresh period of the table, not a synchronisation
+            if time.monotonic() - started > events / rate + 120:
+                console.print("[red]the worker did not catch up within two minutes[/red]")
+                break
+        view.update(_progress_table(_scrape(metrics_url) or {}, time.monotonic() - started))
+    _wait_for(
+        lambda: (_scrape(metrics_url) or {}).get("streamrec_model_version", 0) >= 2,
+        120,
+        "the trainer's second model to be swapped in",
+    )
+
+    console.rule("3. example recommendations")
+    _show_examples(settings, world, console)
+
+    console.rule("4. stopping")
+    codes = []
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        codes.append(process.wait(timeout=60))
+    console.print(f"worker exit code {codes[0]}, trainer exit code {codes[1]}; logs in {log_dir}")
+    return 0 if codes == [0, 0] else 1
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    """The settings as STREAMREC_* variables for child processes."""
+    out = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return out
+
+
+def _stamped_now(events: Iterable[UserEvent]) -> Iterator[UserEvent]:
+    return retimed(events, lambda: int(time.time() * 1000))
+
+
+def _send_malformed(settings: Settings, n: int) -> None:
+    producer = Producer(settings.kafka_common())
+    for i in range(n):
+        producer.produce(settings.events_topic, b"this is not Avro", f"garbage-{i}".encode())
+    producer.flush(10)
+
+
+def _drained(settings: Settings) -> bool:
+    """True when the worker's committed offsets reached the end of every events partition."""
+    consumer = Consumer({**settings.kafka_common(), "group.id": settings.group_id})
+    try:
+        topic = settings.events_topic
+        partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=5).topics[topic].partitions]
+        committed = consumer.committed(partitions, timeout=5)
+        return all(tp.offset == consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in committed)
+    finally:
+        consumer.close()
+
+
+def _scrape(url: str) -> dict[str, float] | None:
+    """Worker metrics by name (histograms as name_bucket{le} pairs); None if unreachable."""
+    try:
+        text = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return None
+    values: dict = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                values.setdefault(sample.name, []).append((float(sample.labels["le"]), sample.value))
+            elif not sample.labels:
+                values[sample.name] = sample.value
+    return values
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """PromQL's histogram_quantile over cumulative (upper bound, count) buckets."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1] if buckets else 0
+    if total == 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+_last: dict[str, float] = {}
+
+
+def _progress_table(m: dict, elapsed: float) -> Table:
+    events, recs = m.get("streamrec_events_total", 0), m.get("streamrec_recommendations_total", 0)
+    dt = max(elapsed - _last.get("t", 0), 1e-6)
+    events_rate = (events - _last.get("events", 0)) / dt
+    recs_rate = (recs - _last.get("recs", 0)) / dt
+    _last.update(t=elapsed, events=events, recs=recs)
+    latency = m.get("streamrec_event_to_recommendation_seconds_bucket", [])
+    table = Table(title=f"streamrec worker, {elapsed:.0f}s")
+    for column in (
+        "events",
+        "events/s",
+        "recs",
+        "recs/s",
+        "latency p50",
+        "latency p99",
+        "model",
+        "users",
+        "dead letters",
+    ):
+        table.add_column(column, justify="right")
+    dead = sum(v for k, v in m.items() if k.startswith("streamrec_dead_letters_total"))
+    table.add_row(
+        f"{events:.0f}",
+        f"{events_rate:.0f}",
+        f"{recs:.0f}",
+        f"{recs_rate:.0f}",
+        f"{_quantile(latency, 0.5) * 1000:.0f} ms",
+        f"{_quantile(latency, 0.99) * 1000:.0f} ms",
+        f"v{m.get('streamrec_model_version', 0):.0f}",
+        f"{m.get('streamrec_users_in_state', 0):.0f}",
+        f"{dead:.0f}",
+    )
+    return table
+
+
+def _show_examples(settings: Settings, world: SyntheticWorld, console: Console) -> None:
+    newest: dict[str, dict] = {}
+    for record in follow(settings, from_beginning=True, idle_timeout_s=3):
+        newest[record["user_id"]] = record
+    hits, random_hits = [], TRUE_TOP / world.n_items
+    for user_id, record in newest.items():
+        truth = set(world.true_top(int(user_id[1:]), TRUE_TOP))
+        items = [item["item_id"] for item in record["items"]]
+        hits.append(len(truth.intersection(items)) / max(len(items), 1))
+    for user_id in sorted(newest)[:5]:
+        record = newest[user_id]
+        truth = set(world.true_top(int(user_id[1:]), TRUE_TOP))
+        shown = " ".join(
+            f"[green]{i['item_id']}[/green]" if i["item_id"] in truth else i["item_id"] for i in record["items"][:8]
+        )
+        console.print(
+            f"{user_id}  {record['model_name']} v{record['model_version']}  "
+            f"{record['events_reflected']} events  {shown}"
+        )
+    console.print(
+        f"{len(newest)} users got recommendations; on average {np.mean(hits):.0%} of their items are among "
+        f"their true top {TRUE_TOP} (green) - {random_hits:.0%} for random items"
+    )
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if not k.endswith("seconds"))

@@ -1,0 +1,159 @@
+"""Every Prometheus metric, declared once, and the small HTTP server that exposes them.
+
+Names follow Prometheus conventions: `streamrec_` namespace, base units (`_seconds`),
+`_total` for counters. Labels take a few fixed values, initialised up front; never a user
+or item id. Each process builds its metrics on a registry it is given, so tests use a fresh
+`CollectorRegistry()` and two workers in one test process do not collide.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+NAMESPACE = "streamrec"
+STAGES = ("decode", "state", "batch_wait", "inference", "publish", "commit")
+DEAD_LETTER_REASONS = ("decode", "invalid")
+# Event-to-recommendation latency spans milliseconds (live) to minutes (a backlog).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60, 300)
+STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.event_to_recommendation = Histogram(
+            "event_to_recommendation_seconds",
+            "From a user's newest event (its event_time) to the broker acknowledging their recommendation",
+            namespace=NAMESPACE,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage = Histogram(
+            "stage_duration_seconds",
+            "Time spent per loop stage: decode and state per polled chunk, batch_wait per user batch "
+            "(first change to flush), inference/publish per batch of at most max_batch_size users, "
+            "commit per flush",
+            ["stage"],
+            namespace=NAMESPACE,
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "batch_users",
+            "Users scored together in one inference call",
+            namespace=NAMESPACE,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.events = Counter("events_total", "User events applied to state", namespace=NAMESPACE, registry=registry)
+        self.recommendations = Counter(
+            "recommendations_total",
+            "Recommendation records acknowledged by the broker",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "dead_letters_total",
+            "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.users_in_state = Gauge(
+            "users_in_state", "Users whose rolling state is held in memory", namespace=NAMESPACE, registry=registry
+        )
+        self.users_evicted = Counter(
+            "users_evicted_total",
+            "Users dropped from state to stay within state_max_users",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.model_version = Gauge(
+            "model_version", "Version of the checkpoint being served", namespace=NAMESPACE, registry=registry
+        )
+        self.model_swaps = Counter(
+            "model_swaps_total", "Models swapped in while running", namespace=NAMESPACE, registry=registry
+        )
+        self.model_load_failures = Counter(
+            "model_load_failures_total",
+            "Announced checkpoints that could not be loaded (the current model stays)",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for stage in STAGES:
+            self.stage.labels(stage)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.rounds = Counter(
+            "trainer_rounds_total",
+            "Training rounds, by result (published, skipped for too few events, failed)",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.round_duration = Histogram(
+            "trainer_round_duration_seconds",
+            "Read window + train + evaluate + save + announce",
+            namespace=NAMESPACE,
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+        self.events_in_window = Gauge(
+            "trainer_window_events", "Events read in the last training window", namespace=NAMESPACE, registry=registry
+        )
+        self.model_version = Gauge(
+            "trainer_model_version",
+            "Version of the newest checkpoint published",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "trainer_last_success_timestamp_seconds",
+            "Unix time of the last published checkpoint",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for result in ("published", "skipped", "failed"):
+            self.rounds.labels(result)
+
+
+Probe = Callable[[], tuple[bool, str]]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: no access log
+        pass
+
+
+def serve(registry: CollectorRegistry, host: str, port: int, *, healthy: Probe, ready: Probe) -> _ThreadingWSGIServer:
+    """Serve /metrics, /healthz and /readyz on a daemon thread; returns the server (`.shutdown()`).
+
+    prometheus_client's own server answers /metrics only; Kubernetes probes need the other two.
+    """
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        path = environ.get("PATH_INFO", "/")
+        if path in ("/healthz", "/readyz"):
+            ok, detail = (healthy if path == "/healthz" else ready)()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [detail.encode() + b"\n"]
+        return metrics_app(environ, start_response)
+
+    server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

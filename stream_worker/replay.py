@@ -1,0 +1,94 @@
+"""Publishing user events onto the events topic: from a MovieLens ratings file or the
+synthetic world, at a bounded rate. Used by `streamrec replay`, the demo and the tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import KafkaError, Message, Producer
+
+from stream_worker.codec import USER_EVENT, UserEvent, from_user_event, make_codec
+from stream_worker.config import Settings
+from stream_worker.publish import producer_config
+
+
+def publish_events(
+    settings: Settings,
+    events: Iterable[UserEvent],
+    *,
+    rate: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    producer: Producer | None = None,
+) -> int:
+    """Produce `events` (key = user id) at most `rate` per second; returns how many were acknowledged.
+
+    Raises RuntimeError if any event was not acknowledged by the broker.
+    """
+    codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
+    producer = producer or Producer({**producer_config(settings.kafka_common()), "linger.ms": 20})
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    started = time.monotonic()
+    sent = 0
+    for event in events:
+        if rate:
+            # Pace to the rate: event n leaves no earlier than n / rate seconds after the start.
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                producer.poll(ahead)
+        value = codec.encode(from_user_event(event))
+        while True:
+            try:
+                producer.produce(settings.events_topic, value, event.user_id.encode(), on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+        sent += 1
+        if on_progress and sent % 1000 == 0:
+            on_progress(sent)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise RuntimeError(f"{remaining} events unacknowledged, {len(failures)} failed: {failures[:3]}")
+    if on_progress:
+        on_progress(sent)
+    return sent
+
+
+def retimed(events: Iterable[UserEvent], now_ms: Callable[[], int]) -> Iterator[UserEvent]:
+    """The same events stamped with the time they are sent (so latency figures mean something)."""
+    for event in events:
+        yield UserEvent(
+            event_id=event.event_id,
+            user_id=event.user_id,
+            item_id=event.item_id,
+            event_type=event.event_type,
+            value=event.value,
+            event_time_ms=now_ms(),
+            context=event.context,
+        )
+
+
+def ratings_events(path: Path, limit: int | None = None) -> Iterator[UserEvent]:
+    """A MovieLens ratings file as RATING events, oldest first (ids are the file's, as strings)."""
+    from models.data import iter_rating_rows
+
+    rows = np.concatenate(list(iter_rating_rows(path)))  # (n, 4): user, item, rating, timestamp
+    rows = rows[rows[:, 3].argsort(kind="stable")][:limit]
+    for n, (user, item, rating, timestamp) in enumerate(rows.tolist()):
+        yield UserEvent(
+            event_id=f"{path.name}-{n}",
+            user_id=str(int(user)),
+            item_id=str(int(item)),
+            event_type="RATING",
+            value=rating,
+            event_time_ms=int(timestamp) * 1000,
+        )
