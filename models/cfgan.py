@@ -149,9 +149,9 @@ class CFGAN(Recommender):
         opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_D)
         X = (sp.csr_matrix(X) > 0).astype(np.float32)  # purchase vectors are 0/1
         report, start = FitReport(), time.perf_counter()
-        self.G.train()
-        self.D.train()
         for epoch in range(1, c.epochs + 1):
+            self.G.train()  # `score` (e.g. from on_epoch) switches to eval mode
+            self.D.train()
             losses = {}
             for name, step, passes, batch, opt in (
                 ("loss_D", self._d_step, c.steps_D, c.batch_size_D, opt_D),

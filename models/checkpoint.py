@@ -139,14 +139,18 @@ def save(
     return target
 
 
+def read_metadata(folder: Path) -> CheckpointMetadata:
+    """The metadata of one checkpoint folder, without loading its weights."""
+    try:
+        return CheckpointMetadata(**json.loads((Path(folder) / METADATA_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{Path(folder) / METADATA_FILE} is not valid checkpoint metadata: {exc}") from exc
+
+
 def load(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a checkpoint folder (or the newest one in a model directory) onto `device`."""
     folder = resolve(Path(path))
-    try:
-        raw = json.loads((folder / METADATA_FILE).read_text())
-        metadata = CheckpointMetadata(**raw)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{folder / METADATA_FILE} is not valid checkpoint metadata: {exc}") from exc
+    metadata = read_metadata(folder)
     if metadata.kind not in REGISTRY:
         raise CheckpointError(
             f"{folder} holds a model of kind {metadata.kind!r}, which this build does not know "

@@ -15,6 +15,7 @@ Every model treats its input as implicit feedback, so matrices hold 1.0 per kept
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,11 @@ def _to_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], timestam
     return matrix, sp.csr_matrix((timestamps[order], indices.copy(), indptr.copy()), shape=shape)
 
 
+def iter_rating_rows(path: Path) -> Iterator[np.ndarray]:
+    """A ratings file in file order, as (rows, 4) float64 chunks: user, item, rating, timestamp."""
+    return _numeric_chunks(Path(path), n_columns=4)
+
+
 def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions:
     """Read u.data / ratings.dat / ratings.csv into an implicit-feedback `Interactions`.
 
@@ -140,9 +146,7 @@ def load_cfgan_split(folder: Path) -> FixedSplit:
     test = _index_pairs(folder / "ML100K.test", 3)
     shape = (int(max(train[:, 0].max(), test[:, 0].max())) + 1, int(train[:, 1].max()) + 1)
     assert test[:, 1].max() < shape[1], "every test item must occur in training (true of the shipped split)"
-    return FixedSplit(
-        train=_to_csr(train[:, 0], train[:, 1], shape)[0], test=_to_csr(test[:, 0], test[:, 1], shape)[0]
-    )
+    return FixedSplit(train=_to_csr(train[:, 0], train[:, 1], shape)[0], test=_to_csr(test[:, 0], test[:, 1], shape)[0])
 
 
 def load_chrono_loo(folder: Path) -> FixedSplit:
@@ -161,3 +165,9 @@ def load_chrono_loo(folder: Path) -> FixedSplit:
         return _to_csr(pairs[:, 0], pairs[:, 1], shape)[0]
 
     return FixedSplit(train=read("train.csv"), validation=read("validation.csv"), test=read("test.csv"))
+
+
+def default_data_dir() -> Path:
+    """`$STREAMREC_DATA_DIR`, else the `shared/data` folder beside the repository."""
+    env = os.environ.get("STREAMREC_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
