@@ -1,7 +1,7 @@
 """The worker: its loop and its lifecycle, one call per stage, in data-flow order.
 
-    poll -> decode (bad record -> dead-letter topic) -> state -> batcher
-         -> [flush due] swap model? -> inference -> publish -> wait for acks -> commit offsets
+    [new model announced? swap it in] -> poll -> decode (bad record -> dead-letter topic)
+         -> state -> batcher -> [flush due] inference -> publish -> wait for acks -> commit offsets
 
 Delivery is at-least-once: an offset is committed only after every record produced for it
 (recommendation or dead letter) is acknowledged by the broker. A crash replays from the
@@ -140,6 +140,8 @@ class Worker:
 
     def _turn(self) -> None:
         self._last_turn = time.monotonic()
+        # A newly announced model takes over between batches, never inside one.
+        self._swap_model_if_announced()
         timeout = min(0.1, max(self.batcher.max_wait_s - self.batcher.waited_s(), 0.0))
         msgs = self.consumer.consume(self.settings.poll_max_records, timeout=timeout)
         self.publisher.poll()
@@ -179,9 +181,7 @@ class Worker:
             return
         self.metrics.stage.labels("batch_wait").observe(self.batcher.waited_s())
         chunks = self.batcher.drain()
-        # Step 3. a newly announced model takes over between batches, never inside one.
-        self._swap_model_if_announced()
-        # Step 4. score and publish each chunk of at most max_batch_size users.
+        # Step 3. score and publish each chunk of at most max_batch_size users.
         for user_ids in chunks:
             started = time.perf_counter()
             batch = self.state.batch(user_ids)
@@ -193,10 +193,10 @@ class Worker:
             self.metrics.stage.labels("inference").observe(scored - started)
             self.metrics.stage.labels("publish").observe(time.perf_counter() - scored)
             self.metrics.batch_size.observe(len(user_ids))
-        # Step 5. wait until the broker has acknowledged everything produced so far ...
+        # Step 4. wait until the broker has acknowledged everything produced so far ...
         started = time.perf_counter()
         self.publisher.wait_delivered()
-        # Step 6. ... and only then commit the offsets of the records behind it.
+        # Step 5. ... and only then commit the offsets of the records behind it.
         self._commit()
         self.metrics.stage.labels("commit").observe(time.perf_counter() - started)
 

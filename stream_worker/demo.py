@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from stream_worker.tail import follow
 from stream_worker.topics import ensure_topics
 from stream_worker.trainer import train_from_topic
 
-HISTORY_EVENTS = 60_000
+HISTORY_EVENTS = 40_000
 N_USERS, N_ITEMS = 2_000, 1_000
 TRUE_TOP = 50  # a recommendation "hits" when it is among the user's 50 truly preferred items
 
@@ -74,7 +74,7 @@ def run_demo(*, bootstrap_servers: str | None, events: int, rate: float, console
         trainer_metrics_port=0,
         trainer_min_events=1000,
         trainer_interval_s=3600,
-        trainer_epochs=30,
+        trainer_epochs=20,
     )
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -113,37 +113,46 @@ def _demo(
     console.print(f"trained {first.metadata.name} v{first.metadata.version}: {_fmt(first.metadata.metrics)}")
 
     console.rule("2. worker and trainer running; live events")
-    env = {**os.environ, **_env(settings)}
     log_dir = workdir / "logs"
     log_dir.mkdir()
-    for name, args in (("worker", ["worker"]), ("trainer", ["trainer", "--interval", "3600"])):
-        log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        processes.append(
-            subprocess.Popen([sys.executable, "-m", "stream_worker", *args], env=env, stdout=log, stderr=log)
-        )
-    metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    _wait_for(lambda: _scrape(metrics_url) is not None, 60, "the worker's /metrics endpoint")
-
-    live = world.events(events, seed=2, start_ms=now_ms, spacing_ms=0)
+    processes.append(_spawn(settings, "worker", log_dir))
+    progress = Progress(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    _wait_for(lambda: bool(progress.scrape()), 60, "the worker's /metrics endpoint")
+    # Live events flow until at least `events` were sent and the trainer's second model
+    # (trained on history + live events) has been swapped in while they flowed.
+    stop_live, sent = threading.Event(), [0]
+    live = retimed(_endless(world, stop_live), lambda: int(time.time() * 1000))
     sender = threading.Thread(
-        target=lambda: publish_events(settings, _stamped_now(live), rate=rate), name="live-events", daemon=True
+        target=publish_events,
+        args=(settings, live),
+        kwargs={"rate": rate, "on_progress": lambda n: sent.__setitem__(0, n)},
+        daemon=True,
     )
     sender.start()
+    processes.append(_spawn(settings, "trainer", log_dir))
     _send_malformed(settings, 5)
+    deadline = time.monotonic() + events / rate + 300
+    sent_at_swap = None
     with Live(console=console, refresh_per_second=2) as view:
-        started = time.monotonic()
-        while sender.is_alive() or not _drained(settings):
-            view.update(_progress_table(_scrape(metrics_url) or {}, time.monotonic() - started))
+        # ... and then a few more seconds, so that users get lists from the new model.
+        while sent_at_swap is None or sent[0] < max(events, sent_at_swap + 2 * rate):
+            if sent_at_swap is None and progress.model_version() >= 2:
+                sent_at_swap = sent[0]
+            view.update(progress.table())
             time.sleep(0.5)  # the refresh period of the table, not a synchronisation
-            if time.monotonic() - started > events / rate + 120:
-                console.print("[red]the worker did not catch up within two minutes[/red]")
-                break
-        view.update(_progress_table(_scrape(metrics_url) or {}, time.monotonic() - started))
-    _wait_for(
-        lambda: (_scrape(metrics_url) or {}).get("streamrec_model_version", 0) >= 2,
-        120,
-        "the trainer's second model to be swapped in",
-    )
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                console.print(f"[red]no second model in time, or a process died; see the logs in {log_dir}[/red]")
+                return 1
+        stop_live.set()
+        sender.join()
+        while not _drained(settings):
+            view.update(progress.table())
+            time.sleep(0.5)
+            if time.monotonic() > deadline:
+                console.print(f"[red]the worker did not catch up; see {log_dir / 'worker.log'}[/red]")
+                return 1
+        view.update(progress.table())
+    console.print(f"{sent[0]} live events; the worker swapped to model v{progress.model_version()} without stopping")
 
     console.rule("3. example recommendations")
     _show_examples(settings, world, console)
@@ -170,8 +179,19 @@ def _env(settings: Settings) -> dict[str, str]:
     return out
 
 
-def _stamped_now(events: Iterable[UserEvent]) -> Iterator[UserEvent]:
-    return retimed(events, lambda: int(time.time() * 1000))
+def _endless(world: SyntheticWorld, stop: threading.Event) -> Iterator[UserEvent]:
+    """The world's events, 1000 per seed, until `stop` is set."""
+    seed = 2
+    while not stop.is_set():
+        yield from world.events(1000, seed=seed, start_ms=0)
+        seed += 1
+
+
+def _spawn(settings: Settings, command: str, log_dir: Path) -> subprocess.Popen[bytes]:
+    """`streamrec <command>` as a child process configured by STREAMREC_* variables."""
+    env = {**os.environ, **_env(settings)}
+    with open(log_dir / f"{command}.log", "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "stream_worker", command], env=env, stdout=log, stderr=log)
 
 
 def _send_malformed(settings: Settings, n: int) -> None:
@@ -193,23 +213,68 @@ def _drained(settings: Settings) -> bool:
         consumer.close()
 
 
-def _scrape(url: str) -> dict[str, float] | None:
-    """Worker metrics by name (histograms as name_bucket{le} pairs); None if unreachable."""
-    try:
-        text = urllib.request.urlopen(url, timeout=2).read().decode()
-    except OSError:
-        return None
-    values: dict = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                values.setdefault(sample.name, []).append((float(sample.labels["le"]), sample.value))
-            elif not sample.labels:
-                values[sample.name] = sample.value
-    return values
+class Progress:
+    """The worker's figures, scraped from its /metrics, as a table for people."""
+
+    COLUMNS = ("events", "events/s", "recs", "recs/s", "p50 latency", "p99 latency", "model", "users", "DLQ")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.started = time.monotonic()
+        self._previous = (self.started, 0.0, 0.0)  # (time, events, recommendations)
+        self._previous_latency: dict[float, float] = {}  # cumulative bucket counts at the last table
+
+    def model_version(self) -> int:
+        return int(self.scrape().get("streamrec_model_version", 0))
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def scrape(self) -> dict:
+        """Samples by name (histogram buckets as a list of (le, count)); empty if unreachable."""
+        try:
+            text = urllib.request.urlopen(self.url, timeout=2).read().decode()
+        except OSError:
+            return {}
+        values: dict = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    values.setdefault(sample.name, []).append((float(sample.labels["le"]), sample.value))
+                elif sample.name == "streamrec_dead_letters_total":
+                    values[sample.name] = values.get(sample.name, 0) + sample.value
+                elif not sample.labels:
+                    values[sample.name] = sample.value
+        return values
+
+    def table(self) -> Table:
+        m, now = self.scrape(), time.monotonic()
+        events, recs = m.get("streamrec_events_total", 0), m.get("streamrec_recommendations_total", 0)
+        then, events_then, recs_then = self._previous
+        self._previous = (now, events, recs)
+        # Quantiles over the last refresh period only (as PromQL's rate() would), so the
+        # backlog of history events does not hide the live latency.
+        buckets = m.get("streamrec_event_to_recommendation_seconds_bucket", [])
+        latency = [(le, count - self._previous_latency.get(le, 0.0)) for le, count in buckets]
+        self._previous_latency = dict(buckets)
+        table = Table(title=f"streamrec worker, {now - self.started:.0f}s")
+        for column in self.COLUMNS:
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{events:.0f}",
+            f"{(events - events_then) / max(now - then, 1e-6):.0f}",
+            f"{recs:.0f}",
+            f"{(recs - recs_then) / max(now - then, 1e-6):.0f}",
+            f"{quantile(latency, 0.5) * 1000:.0f} ms",
+            f"{quantile(latency, 0.99) * 1000:.0f} ms",
+            f"v{m.get('streamrec_model_version', 0):.0f}",
+            f"{m.get('streamrec_users_in_state', 0):.0f}",
+            f"{m.get('streamrec_dead_letters_total', 0):.0f}",
+        )
+        return table
 
 
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     """PromQL's histogram_quantile over cumulative (upper bound, count) buckets."""
     buckets = sorted(buckets)
     total = buckets[-1][1] if buckets else 0
@@ -223,44 +288,6 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
             return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
         lower, below = upper, count
     return lower
-
-
-_last: dict[str, float] = {}
-
-
-def _progress_table(m: dict, elapsed: float) -> Table:
-    events, recs = m.get("streamrec_events_total", 0), m.get("streamrec_recommendations_total", 0)
-    dt = max(elapsed - _last.get("t", 0), 1e-6)
-    events_rate = (events - _last.get("events", 0)) / dt
-    recs_rate = (recs - _last.get("recs", 0)) / dt
-    _last.update(t=elapsed, events=events, recs=recs)
-    latency = m.get("streamrec_event_to_recommendation_seconds_bucket", [])
-    table = Table(title=f"streamrec worker, {elapsed:.0f}s")
-    for column in (
-        "events",
-        "events/s",
-        "recs",
-        "recs/s",
-        "latency p50",
-        "latency p99",
-        "model",
-        "users",
-        "dead letters",
-    ):
-        table.add_column(column, justify="right")
-    dead = sum(v for k, v in m.items() if k.startswith("streamrec_dead_letters_total"))
-    table.add_row(
-        f"{events:.0f}",
-        f"{events_rate:.0f}",
-        f"{recs:.0f}",
-        f"{recs_rate:.0f}",
-        f"{_quantile(latency, 0.5) * 1000:.0f} ms",
-        f"{_quantile(latency, 0.99) * 1000:.0f} ms",
-        f"v{m.get('streamrec_model_version', 0):.0f}",
-        f"{m.get('streamrec_users_in_state', 0):.0f}",
-        f"{dead:.0f}",
-    )
-    return table
 
 
 def _show_examples(settings: Settings, world: SyntheticWorld, console: Console) -> None:
