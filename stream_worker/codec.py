@@ -95,8 +95,11 @@ class SingleObjectCodec:
     def __init__(self, name: str) -> None:
         raw = _without_logical_types(schema_json(name))
         self._schema = fastavro.parse_schema(raw)
-        self.fingerprint = int(fingerprint(to_parsing_canonical_form(self._schema), "CRC-64-AVRO"), 16)
-        self._header = SINGLE_OBJECT_MAGIC + _FINGERPRINT.pack(self.fingerprint)
+        # fastavro spells the fingerprint as the hex of its 8 bytes in little-endian order,
+        # which is exactly what goes on the wire.
+        fingerprint_le = bytes.fromhex(fingerprint(to_parsing_canonical_form(self._schema), "CRC-64-AVRO"))
+        (self.fingerprint,) = _FINGERPRINT.unpack(fingerprint_le)
+        self._header = SINGLE_OBJECT_MAGIC + fingerprint_le
         # Writer schemas we can read, by fingerprint. Older versions of a schema go here as
         # they evolve, decoded with the current one as reader schema.
         self._writers = {self.fingerprint: self._schema}

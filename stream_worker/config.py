@@ -7,6 +7,7 @@ process at start-up with one sentence naming the variable and what it must be
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,14 @@ class Settings(BaseSettings):
                 f"poll_max_records ({self.max_batch_size + self.poll_max_records})"
             )
         return self
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as STREAMREC_* variables, for a child process (dicts as JSON)."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[f"{ENV_PREFIX}{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+        return env
 
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings every client of ours shares."""

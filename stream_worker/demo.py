@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -167,18 +166,6 @@ def _demo(
     return 0 if codes == [0, 0] else 1
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    """The settings as STREAMREC_* variables for child processes."""
-    out = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            value = json.dumps(value)
-        out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    return out
-
-
 def _endless(world: SyntheticWorld, stop: threading.Event) -> Iterator[UserEvent]:
     """The world's events, 1000 per seed, until `stop` is set."""
     seed = 2
@@ -189,7 +176,7 @@ def _endless(world: SyntheticWorld, stop: threading.Event) -> Iterator[UserEvent
 
 def _spawn(settings: Settings, command: str, log_dir: Path) -> subprocess.Popen[bytes]:
     """`streamrec <command>` as a child process configured by STREAMREC_* variables."""
-    env = {**os.environ, **_env(settings)}
+    env = {**os.environ, **settings.to_env()}
     with open(log_dir / f"{command}.log", "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "stream_worker", command], env=env, stdout=log, stderr=log)
 

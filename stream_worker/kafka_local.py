@@ -56,12 +56,14 @@ class KafkaStartError(Exception):
 
 
 class LocalKafka:
-    def __init__(self, port: int = 9092, home: Path = DEFAULT_HOME, heap: str = "512m") -> None:
+    def __init__(
+        self, port: int = 9092, home: Path = DEFAULT_HOME, heap: str = "512m", jars: Path | None = None
+    ) -> None:
         self.port = port
         self.controller_port = port + 1
         self.home = Path(home)
         self.heap = heap
-        self.jars = self.home / "jars"
+        self.jars = Path(jars) if jars else self.home / "jars"
         self.base = self.home / f"broker-{port}"
         self.data_dir = self.base / "data"
         self.pid_file = self.base / "broker.pid"
