@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import scipy.sparse as sp
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from models import checkpoint
@@ -24,12 +24,26 @@ from stream_worker.synthetic import SyntheticWorld
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `condition` until it holds; fail the test after `timeout_s` naming `what`."""
+    """Poll `condition` until it holds; fail the test after `timeout_s` naming `what`.
+
+    A transient broker error (e.g. the group coordinator still loading on a fresh broker)
+    counts as "not yet".
+    """
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(0.1)
+
+
+def _holds(condition: Callable[[], bool]) -> bool:
+    try:
+        return condition()
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.retriable() or error.code() in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS):
+            return False
+        raise
 
 
 def _consumer(settings: Settings) -> Consumer:
