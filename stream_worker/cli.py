@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from stream_worker.config import ConfigError, Settings, load_settings
 from stream_worker.kafka_local import DEFAULT_HOME, KafkaStartError, LocalKafka
@@ -45,8 +46,13 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**overrides)
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One sentence on stderr, no traceback, and a non-zero exit."""
+    console.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _logging(verbose: bool = False) -> None:
@@ -82,8 +88,7 @@ def kafka_start(
     try:
         started = broker.start()
     except KafkaStartError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
     console.print(f"Kafka {'started' if started else 'is already running'} on {broker.bootstrap} ({broker.base})")
 
 
@@ -129,8 +134,7 @@ def train(
     """
     _logging()
     if (ratings is None) == (not from_topic):
-        console.print("[red]Give exactly one of --ratings PATH or --from-topic.[/red]")
-        raise typer.Exit(2)
+        _fail("Give exactly one of --ratings PATH or --from-topic.", 2)
     from models import checkpoint
     from models.train import train_model
 
@@ -142,18 +146,14 @@ def train(
         )
         trained = train_from_topic(settings, out)
         if trained is None:
-            console.print(
-                "[red]Too few events in the window; nothing trained (see STREAMREC_TRAINER_MIN_EVENTS).[/red]"
-            )
-            raise typer.Exit(1)
+            _fail("Too few events in the window; nothing trained (see STREAMREC_TRAINER_MIN_EVENTS).", 1)
         console.print(f"saved {trained.path}")
         return
     assert ratings is not None
     from models.data import load_ratings
 
     if not ratings.is_file():
-        console.print(f"[red]{ratings} is not a file.[/red]")
-        raise typer.Exit(2)
+        _fail(f"{ratings} is not a file.", 2)
     data = load_ratings(ratings, min_rating=min_rating)
     model, report = train_model(kind, data.matrix, epochs=epochs)
     path = checkpoint.save(
@@ -221,8 +221,7 @@ def worker(
     try:
         job = Worker(settings)
     except Exception as exc:  # a bad model path or checkpoint: one sentence, no traceback
-        console.print(f"[red]Cannot start the worker: {exc}[/red]")
-        raise typer.Exit(2) from None
+        _fail(f"Cannot start the worker: {exc}", 2)
     _stop_on_signals(job.stop)
     job.run()
 
@@ -245,8 +244,7 @@ def trainer(
     try:
         job = Trainer(settings)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
     _stop_on_signals(job.stop)
     job.run(once=once)
 
@@ -271,8 +269,7 @@ def replay(
     from stream_worker.synthetic import SyntheticWorld
 
     if (ratings is None) == (not synthetic):
-        console.print("[red]Give exactly one of --ratings PATH or --synthetic.[/red]")
-        raise typer.Exit(2)
+        _fail("Give exactly one of --ratings PATH or --synthetic.", 2)
     settings = _settings(bootstrap_servers=bootstrap_servers)
     if ratings is not None:
         stream = ratings_events(ratings, limit=events)

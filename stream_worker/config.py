@@ -7,7 +7,9 @@ process at start-up with one sentence naming the variable and what it must be
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,8 +127,20 @@ class Settings(BaseSettings):
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_options}
 
 
+# STREAMREC_* variables that are not settings of the worker or trainer, but are read elsewhere.
+OTHER_VARIABLES = {
+    f"{ENV_PREFIX}DATA_DIR",  # models.evaluate: where the MovieLens splits are
+    f"{ENV_PREFIX}TEST_BOOTSTRAP_SERVERS",  # tests: an existing cluster to test against
+}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Environment + command-line overrides (which win), or ConfigError with one clear sentence."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    for variable in sorted(v for v in os.environ if v.startswith(ENV_PREFIX) and v not in known):
+        close = difflib.get_close_matches(variable, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{variable} is not a streamrec setting (see the README's configuration table){hint}")
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)

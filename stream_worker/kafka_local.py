@@ -110,11 +110,11 @@ class LocalKafka:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -172,7 +172,7 @@ class LocalKafka:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        if _alive(pid) and JAVA_MAIN in _cmdline(pid):
+        if process_alive(pid) and JAVA_MAIN in _cmdline(pid):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -205,7 +205,7 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,41 @@
+"""`streamrec kafka start|stop` and `topics create`: idempotent, and nothing left running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port, process_alive
+
+pytestmark = pytest.mark.integration
+
+
+def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stream_worker", *args], capture_output=True, text=True, timeout=180)
+
+
+def test_start_and_stop_are_idempotent_and_leave_no_process(tmp_path):
+    # Share the session's jar cache, so this test does not fetch them again.
+    home = tmp_path / "kafka"
+    home.mkdir()
+    (home / "jars").symlink_to(DEFAULT_HOME / "jars")
+    port = str(free_port())
+    broker = LocalKafka(port=int(port), home=home)
+
+    first = streamrec("kafka", "start", "--port", port, "--home", str(home))
+    assert first.returncode == 0 and "started" in first.stderr, first.stderr
+    pid = int(broker.pid_file.read_text())
+    second = streamrec("kafka", "start", "--port", port, "--home", str(home))
+    assert second.returncode == 0 and "already running" in second.stderr
+
+    created = streamrec("topics", "create", "--bootstrap-servers", f"127.0.0.1:{port}", "--partitions", "2")
+    again = streamrec("topics", "create", "--bootstrap-servers", f"127.0.0.1:{port}")
+    assert created.stderr.count(": created") == 4 and again.stderr.count(": exists") == 4, created.stderr
+
+    stopped = streamrec("kafka", "stop", "--port", port, "--home", str(home))
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr
+    assert not process_alive(pid)
+    assert not broker.running()
+    assert "was not running" in streamrec("kafka", "stop", "--port", port, "--home", str(home)).stderr

@@ -1,0 +1,23 @@
+from typer.testing import CliRunner
+
+from stream_worker.cli import app
+
+runner = CliRunner()
+
+
+def test_a_bad_setting_stops_start_up_with_one_sentence(monkeypatch):
+    monkeypatch.setenv("STREAMREC_TOP_K", "0")
+    result = runner.invoke(app, ["worker", "--model", "anywhere"])
+    assert result.exit_code == 2
+    assert "STREAMREC_TOP_K" in result.output and "Traceback" not in result.output
+
+
+def test_a_missing_model_stops_start_up_with_what_to_do(tmp_path):
+    result = runner.invoke(app, ["worker", "--model", str(tmp_path / "nothing-here")])
+    assert result.exit_code == 2
+    assert "holds no checkpoint" in result.output and "streamrec train" in result.output
+
+
+def test_train_needs_exactly_one_source(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "exactly one of --ratings PATH or --from-topic" in result.output

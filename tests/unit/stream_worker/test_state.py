@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from stream_worker.codec import UserEvent
+from stream_worker.config import DEFAULT_EVENT_WEIGHTS
+from stream_worker.state import UserState, interaction_weight
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def state(**kwargs) -> UserState:
+    defaults = {"max_users": 100, "recent_items": 4, "event_weights": DEFAULT_EVENT_WEIGHTS, "decay_half_life_s": 0}
+    return UserState(**{**defaults, **kwargs})
+
+
+def ev(user: str, item: str, t: int, kind: str = "VIEW", value: float | None = None, eid: str | None = None):
+    return UserEvent(eid or f"{user}-{item}-{t}", user, item, kind, value, t)
+
+
+def codes_to_ids(s: UserState, codes: np.ndarray) -> list[str]:
+    return [s.items.ids[c] for c in codes if c >= 0]
+
+
+def test_weights_follow_event_type_and_changed_users_are_reported():
+    s = state()
+    changed = s.apply([(ev("a", "x", 1, "PURCHASE"), 0), (ev("b", "y", 2, "RATING", 2.5), 1), (ev("a", "z", 3), 0)])
+    assert changed == {"a", "b"}
+    batch = s.batch(["a", "b"])
+    a_weights = dict(zip(codes_to_ids(s, batch.item_codes[0]), batch.weights[0][batch.item_codes[0] >= 0], strict=True))
+    assert a_weights == {"x": 5.0, "z": 1.0}
+    assert batch.weights[1].max() == pytest.approx(4.0 * 2.5 / 5)
+    assert interaction_weight(DEFAULT_EVENT_WEIGHTS, "RATING", 5.0) == 4.0
+    assert list(batch.events_seen) == [2, 1]
+
+
+def test_only_the_most_recent_items_are_kept_but_every_event_is_counted():
+    s = state(recent_items=3)
+    s.apply([(ev("a", f"i{n}", n), 0) for n in range(7)])
+    batch = s.batch(["a"])
+    assert sorted(codes_to_ids(s, batch.item_codes[0])) == ["i4", "i5", "i6"]
+    assert batch.events_seen[0] == 7
+    assert batch.last_event_ids == ["a-i6-6"]
+
+
+def test_the_newest_event_is_the_latest_event_time_even_when_it_arrives_early():
+    s = state()
+    s.apply([(ev("a", "new", 200, eid="late-in-time"), 0), (ev("a", "old", 100, eid="early-in-time"), 0)])
+    batch = s.batch(["a"])
+    assert batch.last_event_ids == ["late-in-time"] and batch.last_event_ms[0] == 200
+
+
+def test_time_decay_halves_the_weight_after_one_half_life():
+    s = state(decay_half_life_s=24 * 3600)
+    s.apply([(ev("a", "old", 0, "CLICK"), 0), (ev("a", "new", DAY_MS, "CLICK"), 0)])
+    batch = s.batch(["a"])
+    by_item = dict(zip(codes_to_ids(s, batch.item_codes[0]), batch.weights[0][:2], strict=True))
+    assert by_item["new"] == pytest.approx(2.0)
+    assert by_item["old"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_the_least_recently_active_user_is_evicted_at_the_bound():
+    s = state(max_users=3)
+    s.apply([(ev(u, "x", 1), 0) for u in ("a", "b", "c")])
+    s.apply([(ev("a", "y", 2), 0)])  # a is active again: b is now the least recent
+    s.apply([(ev("d", "x", 3), 0)])
+    assert "b" not in s and all(u in s for u in ("a", "c", "d"))
+    assert len(s) == 3 and s.evicted_total == 1
+    assert s.batch(["d"]).events_seen[0] == 1  # b's slot was wiped before d got it
+
+
+def test_memory_grows_in_steps_and_never_beyond_max_users():
+    s = state(max_users=3000, recent_items=2)
+    s.apply([(ev(f"u{n}", "x", n), 0) for n in range(5000)])
+    assert len(s) == 3000 and s.evicted_total == 2000
+    assert s._item_codes.shape == (3000, 2)
+    assert "u4999" in s and "u1999" not in s
+
+
+def test_users_of_revoked_partitions_are_forgotten():
+    s = state()
+    s.apply([(ev("a", "x", 1), 0), (ev("b", "x", 1), 1), (ev("c", "x", 1), 2)])
+    assert s.forget_partitions({0, 2}) == 2
+    assert "b" in s and "a" not in s and "c" not in s
