@@ -43,12 +43,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra librdkafka settings for every client, as JSON (e.g. security.protocol, sasl.*)",
     )
-    events_topic: str = "user-events"
-    recommendations_topic: str = "recommendations"
-    model_updates_topic: str = "model-updates"
-    dlq_topic: str = "user-events.dlq"
+    events_topic: str = Field("user-events", description="User events in (Avro UserEvent, key = user id)")
+    recommendations_topic: str = Field("recommendations", description="Recommendations out (Avro Recommendation)")
+    model_updates_topic: str = Field("model-updates", description="Checkpoint announcements (Avro ModelUpdate)")
+    dlq_topic: str = Field("user-events.dlq", description="Records that could not be used, with the reason in headers")
     topic_partitions: int = Field(3, ge=1, description="Partitions of topics that `topics create` makes")
-    group_id: str = Field("streamrec-worker", min_length=1)
+    group_id: str = Field("streamrec-worker", min_length=1, description="Consumer group of the workers")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a group with no committed offset starts"
     )
@@ -58,27 +58,34 @@ class Settings(BaseSettings):
 
     # --- worker ------------------------------------------------------------------------
     model_dir: Path | None = Field(None, description="Checkpoint folder, or a model directory of versions")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    top_k: int = Field(20, ge=1, le=1000)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when torch sees a GPU")
+    top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation list")
     max_batch_size: int = Field(256, ge=1, description="Users scored together at most")
     max_batch_wait_ms: int = Field(50, ge=0, description="Longest a changed user waits to be scored")
     poll_max_records: int = Field(1000, ge=1, description="Records taken from Kafka per loop turn at most")
-    state_max_users: int = Field(1_000_000, ge=1, description="Users held in memory; least recent evicted")
+    state_max_users: int = Field(
+        200_000, ge=1, description="Users held in memory (about 1.6 kB each); least recently active evicted"
+    )
     state_recent_items: int = Field(100, ge=1, le=10_000, description="Interactions remembered per user")
-    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Weight per event type, as JSON; given types override the defaults (RATING x value/5)",
+    )
     decay_half_life_s: float = Field(
         30 * 24 * 3600.0, ge=0, description="Interaction weight halves after this long; 0 = no decay"
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = off")
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = Field("0.0.0.0", description="Interface the HTTP endpoint binds")
 
     # --- trainer -----------------------------------------------------------------------
-    trainer_model_kind: str = "multvae"
-    trainer_interval_s: float = Field(300.0, gt=0)
-    trainer_window_s: float = Field(7 * 24 * 3600.0, gt=0, description="Event-time span each training reads")
+    trainer_model_kind: str = Field("multvae", description="multvae, multdae, cfgan, ease, itemknn or pop")
+    trainer_interval_s: float = Field(300.0, gt=0, description="Seconds between training rounds")
+    trainer_window_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Each round reads the events appended to the log in this many last seconds"
+    )
     trainer_min_events: int = Field(1000, ge=1, description="Skip a round with fewer events than this")
     trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = the model's default")
-    trainer_metrics_port: int = Field(9465, ge=0, le=65535)
+    trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
 
     @field_validator("bootstrap_servers")
     @classmethod

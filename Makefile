@@ -1,0 +1,42 @@
+# streamrec: the two commands a newcomer needs are `make demo` and `make test`.
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install demo test lint bench kafka-start kafka-stop clean
+
+# A virtualenv with streamrec and its test tools. uv installs it (pip takes minutes for
+# torch's CUDA wheels; uv reuses its cache in ~/.cache/uv and takes seconds the second time).
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# The main job: broker, topics, a first model, worker + trainer, live events, examples; then stops.
+demo: install
+	$(BIN)/streamrec demo
+
+# Lint, then every test (integration tests start a local Kafka broker unless one is named).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Speed of the scoring path, micro-batched against one user per model call (prints figures).
+bench: install
+	$(BIN)/python -m tests.benchmarks.bench_inference
+
+kafka-start: install
+	$(BIN)/streamrec kafka start
+
+kafka-stop: install
+	$(BIN)/streamrec kafka stop
+
+clean:
+	-$(BIN)/streamrec kafka stop
+	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache
