@@ -24,9 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import fastavro
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -130,9 +127,15 @@ class SingleObjectCodec:
 
 
 class RegistryCodec:
-    """Confluent wire format through confluent-kafka's serdes and a Schema Registry."""
+    """Confluent wire format through confluent-kafka's serdes and a Schema Registry.
 
-    def __init__(self, name: str, registry: SchemaRegistryClient, topic: str) -> None:
+    The serdes (and their HTTP/OAuth dependencies) are imported only when a registry is used.
+    """
+
+    def __init__(self, name: str, registry: Any, topic: str) -> None:
+        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
         schema_str = json.dumps(schema_json(name))
         self._serializer = AvroSerializer(registry, schema_str, conf={"auto.register.schemas": True})
         self._deserializer = AvroDeserializer(registry, schema_str)
@@ -153,6 +156,8 @@ class RegistryCodec:
 
 def make_codec(name: str, topic: str, registry_url: str | None) -> Codec:
     if registry_url:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
         return RegistryCodec(name, SchemaRegistryClient.new_client({"url": registry_url}), topic)
     return SingleObjectCodec(name)
 

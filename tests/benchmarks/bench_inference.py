@@ -34,8 +34,7 @@ def build_state(n_users: int, n_items: int, events_per_user: int, recent_items: 
     items = rng.zipf(1.3, n_events) % n_items
     types = rng.integers(0, len(EVENT_TYPES), n_events)
     events = [
-        (UserEvent(f"e{n}", f"u{users[n]}", f"i{items[n]}", EVENT_TYPES[types[n]], None, n), 0)
-        for n in range(n_events)
+        (UserEvent(f"e{n}", f"u{users[n]}", f"i{items[n]}", EVENT_TYPES[types[n]], None, n), 0) for n in range(n_events)
     ]
     state = UserState(
         max_users=n_users, recent_items=recent_items, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=86400
@@ -58,7 +57,9 @@ def users_per_second(inference: Inference, state: UserState, user_ids: list[str]
     return len(user_ids) / (time.perf_counter() - started)
 
 
-def bench_device(device: torch.device, args: argparse.Namespace, state: UserState) -> dict[int, float]:
+def bench_device(
+    device: torch.device, args: argparse.Namespace, state: UserState
+) -> tuple[dict[int, float], Inference]:
     torch.manual_seed(0)
     model = MultVAE(args.items)
     meta = CheckpointMetadata(
@@ -71,7 +72,7 @@ def bench_device(device: torch.device, args: argparse.Namespace, state: UserStat
         # The one-user baseline is slow: time it on fewer users so the run stays short.
         sample = user_ids[: max(batch * 8, 400)] if batch == 1 else user_ids
         results[batch] = users_per_second(inference, state, sample, batch, device)
-    return results
+    return results, inference
 
 
 def bench_training(device: torch.device, args: argparse.Namespace) -> float:
@@ -103,12 +104,16 @@ def main() -> None:
 
     state, events_per_s = build_state(args.users, args.items, args.events_per_user, args.recent_items)
     state_bytes = sum(a.nbytes for a in (state._item_codes, state._weights, state._times))
-    print(f"catalog {args.items} items, {len(state)} users, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"catalog {args.items} items, {len(state)} users, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"state: {events_per_s:,.0f} events/s applied; {state_bytes / len(state):,.0f} bytes/user of history arrays")
 
     devices = [torch.device(args.device)] + ([torch.device("cpu")] if args.compare_cpu and args.device != "cpu" else [])
+    served = []
     for device in devices:
-        results = bench_device(device, args, state)
+        results, inference = bench_device(device, args, state)
+        served.append(inference)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(f"\n{name}: users scored per second (Mult-VAE 600-200, top-20, seen items masked)")
         print(f"{'batch':>7} {'users/s':>12} {'vs batch 1':>11}")
@@ -116,6 +121,12 @@ def main() -> None:
             print(f"{batch:>7} {rate:>12,.0f} {rate / results[args.batches[0]]:>10.1f}x")
         if args.train:
             print(f"training: {bench_training(device, args):.2f} s per epoch over {args.users} users")
+    if len(served) == 2:  # same weights (seeded) on both devices: the lists should agree
+        sample = state.batch([f"u{u}" for u in range(min(args.users, 512)) if f"u{u}" in state])
+        a, b = (inference.recommend(sample).item_ids for inference in served)
+        same = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+        overlap = sum(len(set(x) & set(y)) for x, y in zip(a, b, strict=True)) / sum(len(x) for x in a)
+        print(f"\n{args.device} vs cpu: identical top-20 lists for {same:.1%} of users, {overlap:.2%} item overlap")
 
 
 if __name__ == "__main__":
