@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from models import checkpoint, pick_device
 from stream_worker import metrics as metrics_module
 from stream_worker.batching import MicroBatcher
-from stream_worker.codec import USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
+from stream_worker.codec import RECOMMENDATION, USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
 from stream_worker.config import Settings
 from stream_worker.inference import Inference
 from stream_worker.metrics import WorkerMetrics
@@ -78,6 +78,7 @@ class Worker:
         self.metrics.model_version.set(loaded.metadata.version)
         self._last_turn = time.monotonic()
         self._running = False
+        self._broken = False
         log.info(
             "serving %s v%d (%d items) on %s",
             loaded.metadata.name,
@@ -96,7 +97,7 @@ class Worker:
             resources.callback(self.producer.flush, 30)
             self.publisher = Publisher(
                 self.producer,
-                make_codec("recommendation", settings.recommendations_topic, settings.schema_registry_url),
+                make_codec(RECOMMENDATION, settings.recommendations_topic, settings.schema_registry_url),
                 recommendations_topic=settings.recommendations_topic,
                 dlq_topic=settings.dlq_topic,
                 metrics=self.metrics,
@@ -123,10 +124,17 @@ class Worker:
 
             self.consumer.subscribe([settings.events_topic], on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._running = True
-            while not self.stop.is_set():
-                self._turn()
-            self._running = False
-            self._flush()  # the batch in flight: finished, published, committed
+            try:
+                while not self.stop.is_set():
+                    self._turn()
+                self._flush()  # the batch in flight: finished, published, committed
+            except BaseException:
+                # Leave the group without publishing or committing anything more: the
+                # uncommitted records are replayed by whoever takes the partitions.
+                self._broken = True
+                raise
+            finally:
+                self._running = False
             log.info("stopped cleanly; all consumed events are published and committed")
 
     def healthy(self) -> tuple[bool, str]:
@@ -224,7 +232,8 @@ class Worker:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are leaving this worker: publish and commit their work while we still can."""
-        self._flush()
+        if not self._broken:
+            self._flush()
         self._forget(partitions)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -233,7 +242,8 @@ class Worker:
         are harmless: the newest recommendation per user wins)."""
         for tp in partitions:
             self.pending.offsets.pop((tp.topic, tp.partition), None)
-        self._flush()
+        if not self._broken:
+            self._flush()
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
