@@ -40,9 +40,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield existing
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+        # Confluent Platform 8.0 is Apache Kafka 4.0, KRaft only; testcontainers' Kafka module
+        # is built around the cp-kafka images. (Not exercised here: this machine has no Docker.)
+        with KafkaContainer("confluentinc/cp-kafka:8.0.0").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
     broker = LocalKafka(port=free_port(), home=tmp_path_factory.mktemp("kafka"), jars=DEFAULT_HOME / "jars")
