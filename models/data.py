@@ -60,8 +60,12 @@ def _detect_format(path: Path) -> tuple[bytes, bool]:
     )
 
 
-def _numeric_chunks(path: Path, n_columns: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
-    """(rows, n_columns) float64 arrays from a headerless-or-not delimited numeric file."""
+def iter_rating_rows(path: Path, n_columns: int = 4, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """(rows, n_columns) float64 arrays, one per chunk of the file, in file order.
+
+    For a ratings file the columns are user, item, rating, timestamp; a header line is skipped.
+    Memory is bounded by `chunk_bytes` of text plus its parsed numbers.
+    """
     sep, has_header = _detect_format(path)
     with open(path, "rb") as f:
         if has_header:
@@ -98,11 +102,6 @@ def _to_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], timestam
     return matrix, sp.csr_matrix((timestamps[order], indices.copy(), indptr.copy()), shape=shape)
 
 
-def iter_rating_rows(path: Path) -> Iterator[np.ndarray]:
-    """A ratings file in file order, as (rows, 4) float64 chunks: user, item, rating, timestamp."""
-    return _numeric_chunks(Path(path), n_columns=4)
-
-
 def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions:
     """Read u.data / ratings.dat / ratings.csv into an implicit-feedback `Interactions`.
 
@@ -112,7 +111,7 @@ def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions
     """
     path = Path(path)
     users, items, stamps = [], [], []
-    for chunk in _numeric_chunks(path, n_columns=4):  # (rows, 4): user, item, rating, timestamp
+    for chunk in iter_rating_rows(path, n_columns=4):  # (rows, 4): user, item, rating, timestamp
         if min_rating is not None:
             chunk = chunk[chunk[:, 2] >= min_rating]
         users.append(chunk[:, 0].astype(np.int64))
@@ -133,7 +132,7 @@ def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions
 
 def _index_pairs(path: Path, n_columns: int) -> np.ndarray:
     """(rows, 2) int64 (user index, item index) pairs from a small split file."""
-    return np.concatenate(list(_numeric_chunks(path, n_columns)))[:, :2].astype(np.int64)
+    return np.concatenate(list(iter_rating_rows(path, n_columns)))[:, :2].astype(np.int64)
 
 
 def load_cfgan_split(folder: Path) -> FixedSplit:

@@ -134,6 +134,8 @@ def holdout_metrics(
 # Protocols
 # ---------------------------------------------------------------------------------------------
 
+DEFAULT_DATA_DIR = default_data_dir()  # $STREAMREC_DATA_DIR, else ../shared/data beside the repository
+
 
 @dataclass
 class Protocol:
@@ -607,7 +609,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, dest="json_out")
     parser.add_argument("--plot", type=Path, default=None, dest="plot_out")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--jobs", type=int, default=None, help="parallel processes (default: 2 on CPU, 1 on GPU)")
     return parser.parse_args(argv)

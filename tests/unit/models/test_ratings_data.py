@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data import _numeric_chunks, load_cfgan_split, load_chrono_loo, load_ratings
+from models.data import iter_rating_rows, load_cfgan_split, load_chrono_loo, load_ratings
 
 ROWS = [(10, 7, 4.0, 100), (10, 3, 2.0, 101), (2, 7, 5.0, 102), (30, 99, 3.5, 103)]
 
@@ -43,8 +43,8 @@ def test_chunked_reading_matches_one_read_and_handles_a_missing_last_newline(tmp
     path = tmp_path / "ratings.dat"
     _write(path, "ratings.dat", rows)
     path.write_text(path.read_text().rstrip("\n"))
-    whole = np.concatenate(list(_numeric_chunks(path, 4)))
-    chunked = np.concatenate(list(_numeric_chunks(path, 4, chunk_bytes=37)))
+    whole = np.concatenate(list(iter_rating_rows(path, 4)))
+    chunked = np.concatenate(list(iter_rating_rows(path, 4, chunk_bytes=37)))
     assert whole.shape == (500, 4) and np.array_equal(whole, chunked)
 
 
