@@ -10,6 +10,7 @@ Shapes: B = users in a batch, I = n_items, K = neighbours per item.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,18 +155,23 @@ class ItemKNN(Recommender):
         return FitReport(seconds=time.perf_counter() - start)
 
     def _similarity_t(self) -> torch.Tensor:
-        """Sparse (I, I) matrix whose row j holds target j's neighbour similarities."""
+        """Sparse CSR (I, I) matrix whose row j holds target j's neighbour similarities.
+
+        CSR, not COO: its matrix product is over ten times faster on the CPU.
+        """
         if self._S_t is None:
-            rows = torch.arange(self.n_items, device=self.device).repeat_interleave(self.neighbours.shape[1])
-            index = torch.stack([rows, self.neighbours.reshape(-1)])
-            self._S_t = torch.sparse_coo_tensor(
-                index, self.similarities.reshape(-1), (self.n_items, self.n_items), check_invariants=True
-            ).coalesce()
+            n, k = self.neighbours.shape
+            columns, order = torch.sort(self.neighbours, dim=1)  # CSR keeps each row's columns sorted
+            values = torch.gather(self.similarities, 1, order)
+            row_starts = torch.arange(0, n * k + 1, k, device=self.device)  # exactly k entries per row
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
+                self._S_t = torch.sparse_csr_tensor(row_starts, columns.reshape(-1), values.reshape(-1), (n, n))
         return self._S_t
 
     @torch.inference_mode()
     def score(self, X: torch.Tensor) -> torch.Tensor:
-        return torch.sparse.mm(self._similarity_t(), X.T).T  # (I, I) x (I, B) -> (B, I)
+        return (self._similarity_t() @ X.T).T.contiguous()  # (I, I) x (I, B) -> (B, I)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"neighbours": self.neighbours, "similarities": self.similarities}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from models.evaluate import main
 
@@ -40,3 +41,19 @@ def test_ease_beats_published_cfgan_on_its_own_split(data_dir):
 def test_ease_reaches_the_best_published_chrono_loo_ndcg(data_dir):
     (ease,) = main("chrono-loo", ["ease"], None, 1, None, None, data_dir, "cpu")
     assert ease["ndcg@10"] >= 0.06995
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_strong_protocol_runs_every_model_on_cuda(planted_udata, tmp_path):
+    results = main(
+        "strong",
+        ["multvae", "multdae", "cfgan", "ease", "itemknn", "pop"],
+        planted_udata,
+        1,
+        None,
+        None,
+        tmp_path,
+        "cuda",
+    )
+    by_model = {r["model"]: r["ndcg@100"] for r in results}
+    assert all(by_model[kind] > by_model["pop"] for kind in ("multvae", "multdae", "ease", "itemknn")), by_model
