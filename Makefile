@@ -29,7 +29,7 @@ lint: install
 
 # Speed of the scoring path, micro-batched against one user per model call (prints figures).
 bench: install
-	$(BIN)/python -m tests.benchmarks.bench_inference
+	$(BIN)/python -m tests.benchmarks.bench_inference --threads 1 2
 
 kafka-start: install
 	$(BIN)/streamrec kafka start

@@ -16,6 +16,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -64,6 +65,8 @@ class Worker:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
         self.device = pick_device(settings.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         loaded = checkpoint.load(settings.model_dir, self.device)
         self.state = UserState(
             max_users=settings.state_max_users,

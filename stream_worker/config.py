@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     decay_half_life_s: float = Field(
         30 * 24 * 3600.0, ge=0, description="Interaction weight halves after this long; 0 = no decay"
     )
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="CPU threads per model call in the worker; 0 = torch's default (one per core). "
+        "1 avoids stalls when cores are shared; scale out with partitions instead",
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = off")
     metrics_host: str = Field("0.0.0.0", description="Interface the HTTP endpoint binds")
 
@@ -85,6 +91,7 @@ class Settings(BaseSettings):
     )
     trainer_min_events: int = Field(1000, ge=1, description="Skip a round with fewer events than this")
     trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = the model's default")
+    trainer_torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0 = torch's default")
     trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
 
     @field_validator("bootstrap_servers")

@@ -74,6 +74,7 @@ def run_demo(*, bootstrap_servers: str | None, events: int, rate: float, console
         trainer_min_events=1000,
         trainer_interval_s=3600,
         trainer_epochs=20,
+        trainer_torch_threads=1,  # this demo runs everything on one machine: leave the worker a core
     )
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -128,8 +129,7 @@ def _demo(
         daemon=True,
     )
     sender.start()
-    # One thread for the trainer's torch, so that training never starves the worker of CPU.
-    processes.append(_spawn(settings, "trainer", log_dir, OMP_NUM_THREADS="1"))
+    processes.append(_spawn(settings, "trainer", log_dir))
     _send_malformed(settings, 5)
     deadline = time.monotonic() + events / rate + 300
     sent_at_swap = None
@@ -175,9 +175,9 @@ def _endless(world: SyntheticWorld, stop: threading.Event) -> Iterator[UserEvent
         seed += 1
 
 
-def _spawn(settings: Settings, command: str, log_dir: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+def _spawn(settings: Settings, command: str, log_dir: Path) -> subprocess.Popen[bytes]:
     """`streamrec <command>` as a child process configured by STREAMREC_* variables."""
-    env = {**os.environ, **settings.to_env(), **extra_env}
+    env = {**os.environ, **settings.to_env()}
     with open(log_dir / f"{command}.log", "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "stream_worker", command], env=env, stdout=log, stderr=log)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -126,6 +127,8 @@ class Trainer:
             raise ValueError("the trainer needs a model directory: pass --model-dir DIR or set STREAMREC_MODEL_DIR")
         self.settings = settings
         self.model_dir = Path(settings.model_dir)
+        if settings.trainer_torch_threads:
+            torch.set_num_threads(settings.trainer_torch_threads)
         self.metrics = metrics_module.TrainerMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
 

@@ -73,6 +73,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
             "trainer_metrics_port": 0,
             "max_batch_wait_ms": 20,
             "device": "cpu",
+            "torch_threads": 0,  # the worker runs in this process: leave torch's global setting alone
         }
         return load_settings(**{**base, **overrides})
 

@@ -11,6 +11,7 @@ micro-batching buys on the model side. Run with `make bench`, or on a GPU machin
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -98,29 +99,32 @@ def main() -> None:
     parser.add_argument("--events-per-user", type=int, default=40)
     parser.add_argument("--recent-items", type=int, default=100)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256, 1024])
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="CPU thread counts to compare"
+    )
     parser.add_argument("--compare-cpu", action="store_true", help="also measure the CPU in the same run")
     parser.add_argument("--train", action="store_true", help="also time one training epoch")
     args = parser.parse_args()
 
     state, events_per_s = build_state(args.users, args.items, args.events_per_user, args.recent_items)
     state_bytes = sum(a.nbytes for a in (state._item_codes, state._weights, state._times))
-    print(
-        f"catalog {args.items} items, {len(state)} users, torch {torch.__version__}, threads {torch.get_num_threads()}"
-    )
+    print(f"catalog {args.items} items, {len(state)} users, torch {torch.__version__}, {os.cpu_count()} cores")
     print(f"state: {events_per_s:,.0f} events/s applied; {state_bytes / len(state):,.0f} bytes/user of history arrays")
 
     devices = [torch.device(args.device)] + ([torch.device("cpu")] if args.compare_cpu and args.device != "cpu" else [])
     served = []
     for device in devices:
-        results, inference = bench_device(device, args, state)
+        for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            results, inference = bench_device(device, args, state)
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {threads} thread(s)"
+            print(f"\n{name}: users scored per second (Mult-VAE 600-200, top-20, seen items masked)")
+            print(f"{'batch':>7} {'users/s':>12} {'vs batch 1':>11}")
+            for batch, rate in results.items():
+                print(f"{batch:>7} {rate:>12,.0f} {rate / results[args.batches[0]]:>10.1f}x")
+            if args.train:
+                print(f"training: {bench_training(device, args):.2f} s per epoch over {args.users} users")
         served.append(inference)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        print(f"\n{name}: users scored per second (Mult-VAE 600-200, top-20, seen items masked)")
-        print(f"{'batch':>7} {'users/s':>12} {'vs batch 1':>11}")
-        for batch, rate in results.items():
-            print(f"{batch:>7} {rate:>12,.0f} {rate / results[args.batches[0]]:>10.1f}x")
-        if args.train:
-            print(f"training: {bench_training(device, args):.2f} s per epoch over {args.users} users")
     if len(served) == 2:  # same weights (seeded) on both devices: the lists should agree
         sample = state.batch([f"u{u}" for u in range(min(args.users, 512)) if f"u{u}" in state])
         a, b = (inference.recommend(sample).item_ids for inference in served)
