@@ -49,7 +49,7 @@ class CFGANConfig:
     hidden_layers_G: int = 1
     hidden_dim_D: int = 125
     hidden_layers_D: int = 1
-    reg_G: float = 0.001  # times sum(w^2)/2 over G's weights and biases (TensorFlow's l2_loss)
+    reg_G: float = 0.001  # L2: reg_G * sum(w^2) / 2 over G's weights and biases (TensorFlow's l2_loss)
     reg_D: float = 0.0
     lr_G: float = 1e-4  # Adam
     lr_D: float = 1e-4
@@ -78,10 +78,6 @@ def _mlp(n_in: int, hidden: int, layers: int, n_out: int) -> nn.Sequential:
             nn.init.uniform_(m.weight, -bound, bound)
             nn.init.uniform_(m.bias, -0.01, 0.01)
     return nn.Sequential(*modules)
-
-
-def _l2(module: nn.Module) -> torch.Tensor:
-    return sum(torch.sum(p**2) for p in module.parameters()) / 2
 
 
 @register
@@ -117,10 +113,8 @@ class CFGAN(Recommender):
             fake = self.G(x) * self._mask(x, gen)  # (B, I), judged only on the mask
         d_real = self.D(torch.cat([x, x], dim=1))  # (B, 1): condition and the real vector
         d_fake = self.D(torch.cat([x, fake], dim=1))  # (B, 1)
-        loss = (
-            F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-            + self.config.reg_D * _l2(self.D)
+        loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(
+            d_fake, torch.zeros_like(d_fake)
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,7 +125,7 @@ class CFGAN(Recommender):
         c = self.config
         r_hat = self.G(x)  # (B, I)
         d_fake = self.D(torch.cat([x, r_hat * self._mask(x, gen)], dim=1))  # (B, 1)
-        loss = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)) + c.reg_G * _l2(self.G)
+        loss = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
         if c.scheme in ("ZR", "ZP"):
             zr = self._negatives(x, c.S_zr, gen)  # (B, I)
             loss = loss + c.alpha * torch.mean(torch.sum(r_hat**2 * zr, dim=1))
@@ -145,8 +139,10 @@ class CFGAN(Recommender):
         c = self.config
         rng = np.random.default_rng(seed)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        opt_G = torch.optim.Adam(self.G.parameters(), lr=c.lr_G)
-        opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_D)
+        # The authors add reg * sum(w^2) / 2 over all weights and biases to each loss; Adam's
+        # weight_decay adds its gradient, reg * w, without a pass of the sum through autograd.
+        opt_G = torch.optim.Adam(self.G.parameters(), lr=c.lr_G, weight_decay=c.reg_G, foreach=True)
+        opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_D, weight_decay=c.reg_D, foreach=True)
         X = (sp.csr_matrix(X) > 0).astype(np.float32)  # purchase vectors are 0/1
         report, start = FitReport(), time.perf_counter()
         for epoch in range(1, c.epochs + 1):
