@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models import REGISTRY, Recommender, pick_device
+from models import REGISTRY, Recommender, pick_device, report
 from models.data import default_data_dir, load_cfgan_split, load_chrono_loo, load_ratings
 from models.splits import split_entries, split_fold_in
 from models.train import train_model
@@ -511,70 +511,8 @@ def _aggregate(name: str, kind: str, runs: list[dict[str, Any]], protocol: Proto
 
 
 # ---------------------------------------------------------------------------------------------
-# Report: table, JSON, plot
+# Command line
 # ---------------------------------------------------------------------------------------------
-
-
-def print_table(protocol: str, results: list[dict[str, Any]]) -> None:
-    """Our models (mean over seeds +- standard error over users) and the published rows."""
-    from rich.console import Console
-    from rich.table import Table
-
-    metrics = [m for m in results[0] if f"{m}_se" in results[0]]
-    seeds = results[0]["seeds"]
-    table = Table(title=f"{protocol}: test, mean of {seeds} seed(s) ± standard error over users")
-    for column in ["model", *metrics, "train s"]:
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for r in results:
-        cells = [f"{r[m]:.4f}±{r[m + '_se']:.4f}" for m in metrics]
-        table.add_row(r["model"], *cells, f"{r['train_seconds']:.1f}")
-    for label, published in PUBLISHED.get(protocol, {}).items():
-        table.add_row(label, *[f"{published[m]:.4f}" if m in published else "" for m in metrics], "", style="dim")
-    console = Console()
-    if not console.is_terminal:  # a log file or pipe: do not squeeze the table into 80 columns
-        console = Console(width=220)
-    console.print(table)
-    if seeds > 1:
-        spread = ", ".join(f"{r['model']} {max(r[m + '_se_seeds'] for m in metrics):.4f}" for r in results)
-        console.print(f"largest standard error over seeds, per model: {spread}")
-
-
-def plot(protocol: str, results: list[dict[str, Any]], out: Path) -> None:
-    """Left: test metrics per model (error bars: SE over users), published figures as outlines.
-    Right: the validation metric against epochs for the iterative models (first seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [m for m in results[0] if f"{m}_se" in results[0]]
-    published = PUBLISHED.get(protocol, {})
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 2], "wspace": 0.45})
-    n_series = len(results) + len(published)
-    width = 0.8 / n_series
-    x = np.arange(len(metrics))
-    for i, r in enumerate(results):
-        bars.bar(
-            x + i * width, [r[m] for m in metrics], width, yerr=[r[m + "_se"] for m in metrics],
-            label=r["model"], capsize=2,
-        )  # fmt: skip
-    for j, (label, values) in enumerate(published.items()):
-        heights = [values.get(m, 0.0) for m in metrics]
-        bars.bar(x + (len(results) + j) * width, heights, width, fill=False, hatch="//", label=label)
-    bars.set_xticks(x + 0.4 - width / 2, metrics, rotation=30)
-    bars.set_title(f"{protocol}: test metrics (mean over {results[0]['seeds']} seed(s))")
-    bars.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    for r in results:
-        curve = [row for row in r["runs"][0]["curve"] if any(k.startswith("val_") for k in row)]
-        if curve:
-            key = next(k for k in curve[0] if k.startswith("val_"))
-            curves.plot([row["epoch"] for row in curve], [row[key] for row in curve], label=r["model"])
-            curves.set_ylabel(f"validation {key[4:]}")
-    curves.set_xlabel("epoch")
-    curves.set_title("training curves (seed 0)")
-    curves.legend(fontsize=7)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def main(
@@ -603,12 +541,12 @@ def main(
     results = run_protocol(
         protocol, models, ratings=ratings, seeds=seeds, data_dir=Path(data_dir), device=torch_device, jobs=jobs
     )
-    print_table(protocol, results)
+    report.print_table(protocol, results, PUBLISHED.get(protocol, {}))
     print(f"{protocol}: {len(models)} model(s) x {seeds} seed(s) in {time.perf_counter() - start:.0f} s")
     if json_out is not None:
         Path(json_out).write_text(json.dumps(results, indent=1))
     if plot_out is not None:
-        plot(protocol, results, Path(plot_out))
+        report.plot(protocol, results, PUBLISHED.get(protocol, {}), Path(plot_out))
     return results
 
 
