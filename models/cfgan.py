@@ -113,9 +113,9 @@ class CFGAN(Recommender):
             fake = self.G(x) * self._mask(x, gen)  # (B, I), judged only on the mask
         d_real = self.D(torch.cat([x, x], dim=1))  # (B, 1): condition and the real vector
         d_fake = self.D(torch.cat([x, fake], dim=1))  # (B, 1)
-        loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(
-            d_fake, torch.zeros_like(d_fake)
-        )
+        real_loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+        fake_loss = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        loss = real_loss + fake_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -28,7 +28,7 @@ from models.data import default_data_dir
 from models.evaluate import PUBLISHED, cfgan_ml100k, compute_metrics
 from models.train import train_model
 
-METRICS = ["precision@5", "recall@5", "ndcg@5", "precision@20", "recall@20", "ndcg@20"]
+METRICS = [f"{m}@{k}" for k in (5, 20) for m in ("precision", "recall", "ndcg", "mrr")]
 
 
 def replicate(mode: str, seed: int = 0) -> list[dict[str, float]]:

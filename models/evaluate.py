@@ -379,13 +379,13 @@ def _fit(
 ) -> tuple[Recommender, Selection, float]:
     """Train once on X with early stopping on the protocol's validation data."""
     stopper = EarlyStopping(protocol)
-    model, report = train_model(kind, X, device=device, seed=seed, overrides=overrides, on_epoch=stopper)
+    model, fitted = train_model(kind, X, device=device, seed=seed, overrides=overrides, on_epoch=stopper)
     if stopper.best_tensors is None:  # not iterative: one validation score of the fitted model
-        return model, Selection(dict(overrides), stopper.validate(model), report.curve), report.seconds
+        return model, Selection(dict(overrides), stopper.validate(model), fitted.curve), fitted.seconds
     model.load_tensors(stopper.best_tensors)
     by_epoch = {row["epoch"]: row for row in stopper.curve}
-    curve = [row | by_epoch.get(row["epoch"], {}) for row in report.curve]
-    return model, Selection(overrides | {"epochs": stopper.best_epoch}, stopper.best, curve), report.seconds
+    curve = [row | by_epoch.get(row["epoch"], {}) for row in fitted.curve]
+    return model, Selection(overrides | {"epochs": stopper.best_epoch}, stopper.best, curve), fitted.seconds
 
 
 def select_model(
@@ -407,7 +407,7 @@ def select_model(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_metrics(model: Recommender, protocol: Protocol) -> dict[str, np.ndarray]:
+def metrics_on_test(model: Recommender, protocol: Protocol) -> dict[str, np.ndarray]:
     """Per-user test values of every metric of the protocol."""
     k_max = max(int(name.split("@")[1]) for name in protocol.metrics)
     hits, n_relevant = rank_hits(model, protocol.test_input, protocol.test_target, k_max)
@@ -426,13 +426,13 @@ def _test_job(
     if selection is None:
         model, selection, train_seconds = select_model(kind, protocol, seed, device)
     else:
-        model, report = train_model(kind, protocol.test_train, device=device, seed=seed, overrides=selection.overrides)
-        train_seconds = report.seconds
-    values = test_metrics(model, protocol)
+        model, fitted = train_model(kind, protocol.test_train, device=device, seed=seed, overrides=selection.overrides)
+        train_seconds = fitted.seconds
+    values = metrics_on_test(model, protocol)
     run = {
         "seed": seed,
         "metrics": {m: float(v.mean()) for m, v in values.items()},
-        "se": {m: float(v.std(ddof=1) / np.sqrt(len(v))) for m, v in values.items()},
+        "se": {m: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0 for m, v in values.items()},
         "users": len(next(iter(values.values()))),
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - start,
