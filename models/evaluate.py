@@ -313,7 +313,7 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 # count there (early stopping); for them "epochs" is the most they may train.
 #
 # The iterative models' single settings were themselves chosen on validation data (the
-# cfgan-ml100k carve-out and the chrono-loo validation items; see models/RESULTS.md) under
+# cfgan-ml100k carve-out and the chrono-loo validation items; see the README, "Results") under
 # the time budget of the whole evaluation: batches of 100 users instead of the papers' 500
 # (ML-100K has under 1,000 users, so 500 means two updates an epoch), the VAE's beta annealed
 # to its cap over 200 updates, and CFGAN at lr 1e-3 with one D and one G pass of batches of
@@ -552,8 +552,10 @@ def main(
     report.print_table(protocol, results, PUBLISHED.get(protocol, {}))
     print(f"{protocol}: {len(models)} model(s) x {seeds} seed(s) in {time.perf_counter() - start:.0f} s")
     if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(results, indent=1))
     if plot_out is not None:
+        Path(plot_out).parent.mkdir(parents=True, exist_ok=True)
         report.plot(protocol, results, PUBLISHED.get(protocol, {}), Path(plot_out))
     return results
 
