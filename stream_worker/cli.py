@@ -316,4 +316,8 @@ def demo(
     from stream_worker.demo import run_demo
 
     _settings(bootstrap_servers=bootstrap_servers)  # fail fast on bad settings
-    raise typer.Exit(run_demo(bootstrap_servers=bootstrap_servers, events=events, rate=rate, console=console))
+    try:
+        code = run_demo(bootstrap_servers=bootstrap_servers, events=events, rate=rate, console=console)
+    except KafkaStartError as exc:
+        _fail(str(exc), 1)
+    raise typer.Exit(code)

@@ -90,7 +90,10 @@ class LocalKafka:
             SERVER_PROPERTIES.format(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir)
         )
         if not (self.data_dir / "meta.properties").exists():
-            self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties), check=True)
+            # "=" because a random id may start with "-", which would read as an option.
+            self._java(
+                "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(properties), check=True
+            )
         with open(self.base / "stdout.log", "ab") as out:
             process = subprocess.Popen(
                 self._java_command(JAVA_MAIN, str(properties)),

@@ -39,3 +39,16 @@ def test_start_and_stop_are_idempotent_and_leave_no_process(tmp_path):
     assert not process_alive(pid)
     assert not broker.running()
     assert "was not running" in streamrec("kafka", "stop", "--port", port, "--home", str(home)).stderr
+
+
+def test_a_cluster_id_that_starts_with_a_dash_still_formats(tmp_path, monkeypatch):
+    # Random ids are URL-safe base64: one in 64 starts with "-", which once read as an option.
+    import stream_worker.kafka_local as kafka_local
+
+    monkeypatch.setattr(kafka_local, "_cluster_id", lambda: "-ZycFMRWTwyOmnHjH65ZMA")
+    broker = LocalKafka(port=free_port(), home=tmp_path, jars=DEFAULT_HOME / "jars")
+    try:
+        assert broker.start() and broker.running()
+    finally:
+        broker.destroy()
+    assert not broker.running()
