@@ -179,8 +179,7 @@ class Worker:
         decoded = time.perf_counter()
         # Step 2. apply to the rolling state; the users that changed wait for the next flush.
         evicted_before = self.state.evicted_total
-        self.batcher.add(self.state.apply(events))
-        self.batcher.note_pending()
+        self.batcher.add(self.state.apply(events))  # also when no user changed: offsets await a commit
         self.metrics.stage.labels("decode").observe(decoded - started)
         self.metrics.stage.labels("state").observe(time.perf_counter() - decoded)
         self.metrics.events.inc(len(events))
