@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -47,16 +46,6 @@ def consumer_config(settings: Settings) -> dict[str, str | int | bool]:
     }
 
 
-@dataclass
-class Pending:
-    """Offsets consumed but not yet committed: (topic, partition) -> next offset to read."""
-
-    offsets: dict[tuple[str, int], int]
-
-    def as_partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
-
-
 class Worker:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         if settings.model_dir is None:
@@ -77,7 +66,8 @@ class Worker:
         self.inference = Inference(loaded, self.state.items, self.device, settings.top_k)
         self.batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
         self.codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
-        self.pending = Pending({})
+        # Consumed but not yet committed: (topic, partition) -> the next offset to read.
+        self.pending_offsets: dict[tuple[str, int], int] = {}
         self.metrics.model_version.set(loaded.metadata.version)
         self._last_turn = time.monotonic()
         self._running = False
@@ -169,7 +159,7 @@ class Worker:
             if msg.error():
                 self._on_consume_error(msg.error())
                 continue
-            self.pending.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            self.pending_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             try:
                 events.append((to_user_event(self.codec.decode(msg.value() or b""), msg.key()), msg.partition()))
             except DecodeError as exc:
@@ -211,11 +201,12 @@ class Worker:
         self.metrics.stage.labels("commit").observe(time.perf_counter() - started)
 
     def _commit(self) -> None:
-        if not self.pending.offsets:
+        if not self.pending_offsets:
             return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.pending_offsets.items()]
         try:
-            self.consumer.commit(offsets=self.pending.as_partitions(), asynchronous=False)
-            self.pending.offsets.clear()
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.pending_offsets.clear()
         except KafkaException as exc:
             # The work is published; a lost commit only means replay (at-least-once). The
             # offsets stay pending and go with the next commit.
@@ -243,14 +234,14 @@ class Worker:
         elsewhere, so their offsets are dropped; what is held is still published (duplicates
         are harmless: the newest recommendation per user wins)."""
         for tp in partitions:
-            self.pending.offsets.pop((tp.topic, tp.partition), None)
+            self.pending_offsets.pop((tp.topic, tp.partition), None)
         if not self._broken:
             self._flush()
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self.pending.offsets.pop((tp.topic, tp.partition), None)
+            self.pending_offsets.pop((tp.topic, tp.partition), None)
         dropped = self.state.forget_partitions({tp.partition for tp in partitions})
         self.metrics.users_in_state.set(len(self.state))
         log.info("partitions %s left this worker; dropped %d users", [tp.partition for tp in partitions], dropped)

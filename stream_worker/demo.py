@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -38,7 +38,7 @@ from stream_worker.kafka_local import REPO_ROOT, LocalKafka, free_port
 from stream_worker.replay import publish_events, retimed
 from stream_worker.synthetic import SyntheticWorld
 from stream_worker.tail import follow
-from stream_worker.topics import ensure_topics
+from stream_worker.topics import committed_and_end_offsets, ensure_topics
 from stream_worker.trainer import train_from_topic
 
 HISTORY_EVENTS = 40_000
@@ -191,14 +191,8 @@ def _send_malformed(settings: Settings, n: int) -> None:
 
 def _drained(settings: Settings) -> bool:
     """True when the worker's committed offsets reached the end of every events partition."""
-    consumer = Consumer({**settings.kafka_common(), "group.id": settings.group_id})
-    try:
-        topic = settings.events_topic
-        partitions = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=5).topics[topic].partitions]
-        committed = consumer.committed(partitions, timeout=5)
-        return all(tp.offset == consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in committed)
-    finally:
-        consumer.close()
+    committed, ends = committed_and_end_offsets(settings, timeout_s=5)
+    return committed == ends
 
 
 class Progress:

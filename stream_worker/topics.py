@@ -1,8 +1,8 @@
-"""Creating the four topics (idempotently) with the admin client."""
+"""The four topics: creating them (idempotently), and how far the worker group has read."""
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_worker.config import Settings
@@ -40,3 +40,19 @@ def ensure_topics(settings: Settings, partitions: int | None = None, timeout_s: 
                 raise
             outcome[topic] = "exists"
     return outcome
+
+
+def committed_and_end_offsets(settings: Settings, timeout_s: float = 10) -> tuple[dict[int, int], dict[int, int]]:
+    """The worker group's committed offsets on the events topic (-1001 = none yet), and the
+    topic's end offsets, by partition: the group has caught up when the two are equal."""
+    topic = settings.events_topic
+    consumer = Consumer({**settings.kafka_common(), "group.id": settings.group_id, "enable.auto.commit": False})
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        ]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout_s)}
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s)[1] for tp in partitions}
+        return committed, ends
+    finally:
+        consumer.close()

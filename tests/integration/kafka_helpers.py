@@ -21,6 +21,7 @@ from stream_worker.app import Worker
 from stream_worker.codec import RECOMMENDATION, make_codec
 from stream_worker.config import Settings
 from stream_worker.synthetic import SyntheticWorld
+from stream_worker.topics import committed_and_end_offsets
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -61,19 +62,13 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 def committed_offsets(settings: Settings) -> dict[int, int]:
     """The worker group's committed offsets on the events topic (-1001 = none yet)."""
-    consumer = Consumer({**settings.kafka_common(), "group.id": settings.group_id})
-    try:
-        topic = settings.events_topic
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in committed}
-    finally:
-        consumer.close()
+    return committed_and_end_offsets(settings)[0]
 
 
 def drained(settings: Settings) -> bool:
     """Committed offsets have reached the end of every events partition."""
-    return committed_offsets(settings) == end_offsets(settings, settings.events_topic)
+    committed, ends = committed_and_end_offsets(settings)
+    return committed == ends
 
 
 @dataclass
