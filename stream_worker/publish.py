@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -117,28 +118,33 @@ class Publisher:
         key: bytes | None,
         value: bytes | None,
         *,
-        on_acked: Callable[[], None],
+        on_acked: Callable[[KafkaError | None, Message], None],
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self._failures.append(f"{topic}: {err}")
-            else:
-                on_acked()
-
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=on_acked)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
 
-    def _recommendation_acked(self, last_event_ms: int) -> Callable[[], None]:
-        def acked() -> None:
-            self._metrics.recommendations.inc()
-            self._metrics.event_to_recommendation.observe(max(self._clock() - last_event_ms / 1000, 0.0))
+    # Delivery callbacks: one small partial per record (this runs for every recommendation).
 
-        return acked
+    def _recommendation_acked(self, last_event_ms: int) -> Callable[[KafkaError | None, Message], None]:
+        return partial(self._on_recommendation_delivery, last_event_ms)
 
-    def _dlq_acked(self, reason: str) -> Callable[[], None]:
-        return lambda: self._metrics.dead_letters.labels(reason).inc()
+    def _on_recommendation_delivery(self, last_event_ms: int, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+            return
+        self._metrics.recommendations.inc()
+        self._metrics.event_to_recommendation.observe(max(self._clock() - last_event_ms / 1000, 0.0))
+
+    def _dlq_acked(self, reason: str) -> Callable[[KafkaError | None, Message], None]:
+        return partial(self._on_dead_letter_delivery, reason)
+
+    def _on_dead_letter_delivery(self, reason: str, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+            return
+        self._metrics.dead_letters.labels(reason).inc()

@@ -131,6 +131,7 @@ class Trainer:
             torch.set_num_threads(settings.trainer_torch_threads)
         self.metrics = metrics_module.TrainerMetrics(registry or CollectorRegistry())
         self.stop = threading.Event()
+        self.producer = Producer(producer_config(settings.kafka_common()))  # announces each round
 
     def run(self, *, once: bool = False) -> None:
         """A round now, then one every `trainer_interval_s` until `stop` is set (or just one)."""
@@ -166,9 +167,8 @@ class Trainer:
         if trained is None:
             self.metrics.rounds.labels("skipped").inc()
             return None
-        producer = Producer(producer_config(self.settings.kafka_common()))
         announce(
-            producer,
+            self.producer,
             self.settings,
             trained.metadata,
             trained.path,
