@@ -12,6 +12,7 @@ written under a temporary name and renamed into place, so a reader never sees ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -137,6 +138,15 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def weights_sha256(folder: Path) -> str:
+    """Lowercase hex SHA-256 of a checkpoint's weights file (what announcements carry)."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS_FILE, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_metadata(folder: Path) -> CheckpointMetadata:

@@ -34,8 +34,12 @@ def announce(
     events_trained: int,
     window: tuple[int, int] | None,
     metrics: dict[str, float],
+    action: str = "promote",
 ) -> None:
-    """Publish a ModelUpdate for the checkpoint at `path` and wait for the broker's ack."""
+    """Publish a ModelUpdate for the checkpoint at `path` and wait for the broker's ack.
+
+    `action` is "promote" (workers move up to this version) or "rollback" (workers move back
+    to it, although it is older than what they serve)."""
     codec = make_codec(MODEL_UPDATE, settings.model_updates_topic, settings.schema_registry_url)
     value = codec.encode(
         {
@@ -48,6 +52,8 @@ def announce(
             "window_end": window[1] if window else None,
             "events_trained": events_trained,
             "metrics": metrics,
+            "weights_sha256": checkpoint.weights_sha256(path),
+            "action": action,
         }
     )
     errors: list[Any] = []
