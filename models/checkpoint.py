@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
 from models.base import REGISTRY, Recommender
@@ -160,7 +161,18 @@ def read_metadata(folder: Path) -> CheckpointMetadata:
 def load(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a checkpoint folder (or the newest one in a model directory) onto `device`."""
     folder = resolve(Path(path))
-    metadata = read_metadata(folder)
+    return build(read_metadata(folder), load_file(str(folder / WEIGHTS_FILE), device="cpu"), folder, device)
+
+
+def load_bytes(folder: Path, metadata: CheckpointMetadata, weights: bytes, device: torch.device | str) -> LoadedModel:
+    """A checkpoint from weights already read into memory (after their hash was checked)."""
+    return build(metadata, safetensors_load(weights), Path(folder), device)
+
+
+def build(
+    metadata: CheckpointMetadata, tensors: dict[str, torch.Tensor], folder: Path, device: torch.device | str
+) -> LoadedModel:
+    """The model `metadata` describes, holding `tensors`, on `device`."""
     if metadata.kind not in REGISTRY:
         raise CheckpointError(
             f"{folder} holds a model of kind {metadata.kind!r}, which this build does not know "
@@ -169,6 +181,6 @@ def load(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     cls = REGISTRY[metadata.kind]
     config = cls.Config(**metadata.hyperparameters)
     model = cls(len(metadata.item_ids), config)
-    model.load_tensors(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
+    model.load_tensors(tensors)
     model.to(device)
     return LoadedModel(model=model, metadata=metadata, path=folder)

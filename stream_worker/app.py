@@ -1,11 +1,18 @@
 """The worker: its loop and its lifecycle, one call per stage, in data-flow order.
 
-    [new model announced? swap it in] -> poll -> decode (bad record -> dead-letter topic)
-         -> state -> batcher -> [flush due] inference -> publish -> wait for acks -> commit offsets
+    [new model verified? swap it in] -> [acks arrived? commit their offsets] -> poll
+         -> decode (bad record -> dead-letter topic) -> state -> batcher
+         -> [flush due] inference -> publish (sealed with the offsets it answers for)
 
-Delivery is at-least-once: an offset is committed only after every record produced for it
-(recommendation or dead letter) is acknowledged by the broker. A crash replays from the
-last commit; a clean stop (SIGTERM/SIGINT) finishes, publishes and commits what it holds.
+Delivery is at-least-once: an offset is committed only after every record produced for the
+records behind it (recommendation or dead letter) is acknowledged by the broker. The loop does
+not wait for acknowledgements: it seals each flush with its offsets and commits flushes as their
+acknowledgements arrive, in order (`Publisher.committable`). A crash replays from the last
+commit; a clean stop (SIGTERM/SIGINT) or a rebalance finishes, publishes and commits what it
+holds, waiting at most `flush_timeout_s` for the broker.
+
+The broker being away never stops the worker: producers retry without a deadline, nothing is
+committed meanwhile, the loop keeps turning (/healthz) and /readyz says why it is not ready.
 """
 
 from __future__ import annotations
@@ -14,29 +21,48 @@ import logging
 import threading
 import time
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
 
 from models import checkpoint, pick_device
 from stream_worker import metrics as metrics_module
 from stream_worker.batching import MicroBatcher
-from stream_worker.codec import RECOMMENDATION, USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
+from stream_worker.codec import (
+    RECOMMENDATION,
+    USER_EVENT,
+    DecodeError,
+    EventRules,
+    InvalidEvent,
+    make_codec,
+    to_user_event,
+)
 from stream_worker.config import Settings
 from stream_worker.inference import Inference
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.model_updates import ModelWatcher
-from stream_worker.publish import Publisher, producer_config
+from stream_worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, producer_config
 from stream_worker.state import UserState
 
 log = logging.getLogger(__name__)
 
 # A loop turn that has not finished for this long means the worker is stuck (/healthz fails).
 STALL_LIMIT_S = 60.0
+# How often the worker checks that the cluster answers, and how often it says so when not.
+PROBE_INTERVAL_S = 5.0
+LOG_EVERY_S = 60.0
+
+TopicKey = tuple[str, int]
 
 
-def consumer_config(settings: Settings) -> dict[str, str | int | bool]:
+class StopIncomplete(Exception):
+    """A stop could not get everything acknowledged in time; the uncommitted events will be replayed."""
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
     return {
         **settings.kafka_common(),
         "group.id": settings.group_id,
@@ -62,16 +88,31 @@ class Worker:
             recent_items=settings.state_recent_items,
             event_weights=settings.event_weights,
             decay_half_life_s=settings.decay_half_life_s,
+            max_items=settings.state_max_items,
         )
         self.inference = Inference(loaded, self.state.items, self.device, settings.top_k)
         self.batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
         self.codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
-        # Consumed but not yet committed: (topic, partition) -> the next offset to read.
-        self.pending_offsets: dict[tuple[str, int], int] = {}
+        self.rules = EventRules(
+            max_id_length=settings.max_id_length, max_clock_skew_ms=int(settings.max_clock_skew_s * 1000)
+        )
+        # Consumed since the last flush: (topic, partition) -> the next offset to read.
+        self.pending_offsets: dict[TopicKey, int] = {}
+        # Acknowledged and not yet known to be committed (a failed commit is repeated).
+        self.acked_offsets: dict[TopicKey, int] = {}
+        self.assigned: set[TopicKey] = set()
+        self.kafka_reachable = threading.Event()
         self.metrics.model_version.set(loaded.metadata.version)
+        self._loaded = loaded
         self._last_turn = time.monotonic()
+        self._last_commit = 0.0
+        self._last_logged: dict[str, float] = {}
+        self._fatal: KafkaError | None = None
         self._running = False
         self._broken = False
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            # librdkafka repeats every connection failure; error_cb reports them once a minute instead.
+            logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
         log.info(
             "serving %s v%d (%d items) on %s",
             loaded.metadata.name,
@@ -86,41 +127,15 @@ class Worker:
         """Consume until `stop` is set, then finish what is held and leave the group."""
         settings = self.settings
         with ExitStack() as resources:
-            self.producer = Producer(producer_config(settings.kafka_common()))
-            resources.callback(self.producer.flush, 30)
-            self.publisher = Publisher(
-                self.producer,
-                make_codec(RECOMMENDATION, settings.recommendations_topic, settings.schema_registry_url),
-                recommendations_topic=settings.recommendations_topic,
-                dlq_topic=settings.dlq_topic,
-                metrics=self.metrics,
+            self._open(resources)
+            self.consumer.subscribe(
+                [settings.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
-            self.consumer = Consumer(consumer_config(settings))
-            resources.callback(self.consumer.close)  # leaves the group; runs after the final flush
-            self.watcher = ModelWatcher(
-                settings,
-                model_name=self.inference.model_name,
-                current_version=self.inference.model_version,
-                device=self.device,
-                metrics=self.metrics,
-            ).start()
-            resources.callback(self.watcher.close)
-            if settings.metrics_port:
-                server = metrics_module.serve(
-                    self.metrics.registry,
-                    settings.metrics_host,
-                    settings.metrics_port,
-                    healthy=self.healthy,
-                    ready=self.ready,
-                )
-                resources.callback(server.shutdown)
-
-            self.consumer.subscribe([settings.events_topic], on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._running = True
             try:
                 while not self.stop.is_set():
                     self._turn()
-                self._flush()  # the batch in flight: finished, published, committed
+                finished = self._finish_in_flight()  # the batch in flight: published, acknowledged, committed
             except BaseException:
                 # Leave the group without publishing or committing anything more: the
                 # uncommitted records are replayed by whoever takes the partitions.
@@ -128,28 +143,83 @@ class Worker:
                 raise
             finally:
                 self._running = False
+            if not finished:
+                raise StopIncomplete(
+                    f"{self.publisher.in_flight} records still unacknowledged after {settings.flush_timeout_s:.0f}s"
+                    " (STREAMREC_FLUSH_TIMEOUT_S); their events stay uncommitted and will be replayed"
+                )
             log.info("stopped cleanly; all consumed events are published and committed")
+
+    def _open(self, resources: ExitStack) -> None:
+        """Clients, publisher, model watcher, Kafka probe and HTTP endpoint, closed by `resources`."""
+        settings = self.settings
+        self.producer = self._new_producer()
+        resources.callback(self.producer.flush, 5)  # a last chance for anything left
+        self.publisher = Publisher(
+            self.producer,
+            make_codec(RECOMMENDATION, settings.recommendations_topic, settings.schema_registry_url),
+            recommendations_topic=settings.recommendations_topic,
+            dlq_topic=settings.dlq_topic,
+            metrics=self.metrics,
+            dlq_max_bytes=settings.dlq_max_bytes or self._learn_dlq_limit(),
+        )
+        self.consumer = self._new_consumer()
+        resources.callback(self.consumer.close)  # leaves the group; runs after the final flush
+        self.watcher = self._new_watcher()
+        resources.callback(self.watcher.close)
+        self.metrics.model_watcher_alive.set_function(lambda: float(self.watcher.alive()))
+        self._start_probe()
+        if settings.metrics_port:
+            server = metrics_module.serve(
+                self.metrics.registry,
+                settings.metrics_host,
+                settings.metrics_port,
+                healthy=self.healthy,
+                ready=self.ready,
+            )
+            resources.callback(server.shutdown)
 
     def healthy(self) -> tuple[bool, str]:
         stalled = time.monotonic() - self._last_turn
         return stalled < STALL_LIMIT_S, f"last loop turn {stalled:.1f}s ago"
 
     def ready(self) -> tuple[bool, str]:
-        return self._running, f"serving {self.inference.model_name} v{self.inference.model_version}"
+        if not self._running:
+            return False, "not running"
+        if not self.kafka_reachable.is_set():
+            return False, f"cannot reach Kafka at {self.settings.bootstrap_servers}"
+        if not self.assigned:
+            return False, "no partitions assigned"
+        if not self.watcher.alive():
+            return False, "the model watcher is not running"
+        if self.publisher.refused:
+            return False, f"{self.publisher.refused} records refused by the broker, retrying"
+        return True, f"serving {self.inference.model_name} v{self.inference.model_version}"
 
     # --- the loop --------------------------------------------------------------------------
 
     def _turn(self) -> None:
         self._last_turn = time.monotonic()
+        if self._fatal is not None:
+            raise KafkaException(self._fatal)
         # A newly announced model takes over between batches, never inside one.
         self._swap_model_if_announced()
-        timeout = min(0.1, max(self.batcher.max_wait_s - self.batcher.waited_s(), 0.0))
-        msgs = self.consumer.consume(self.settings.poll_max_records, timeout=timeout)
+        # Acknowledgements that arrived complete earlier flushes: commit their offsets.
         self.publisher.poll()
+        self._commit_acknowledged()
+        if self.publisher.in_flight >= self.settings.max_in_flight_records:
+            self.publisher.poll(0.1)  # the broker is slow or away: let it catch up before taking more
+            return
+        msgs = self.consumer.consume(self.settings.poll_max_records, timeout=self._poll_timeout())
         if msgs:
             self._ingest(msgs)
         if self.batcher.due():
             self._flush()
+
+    def _poll_timeout(self) -> float:
+        if not self.batcher.pending:
+            return 0.1  # nothing waits to be flushed: block a little rather than spin
+        return min(0.1, max(self.batcher.max_wait_s - self.batcher.waited_s(), 0.0))
 
     def _ingest(self, msgs: list[Message]) -> None:
         started = time.perf_counter()
@@ -161,20 +231,23 @@ class Worker:
                 continue
             self.pending_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             try:
-                events.append((to_user_event(self.codec.decode(msg.value() or b""), msg.key()), msg.partition()))
+                event = to_user_event(self.codec.decode(msg.value() or b""), msg.key(), self.rules)
+                events.append((event, msg.partition()))
             except DecodeError as exc:
                 self.publisher.dead_letter(msg, "decode", str(exc))
             except InvalidEvent as exc:
                 self.publisher.dead_letter(msg, "invalid", str(exc))
         decoded = time.perf_counter()
         # Step 2. apply to the rolling state; the users that changed wait for the next flush.
-        evicted_before = self.state.evicted_total
+        evicted_before, dropped_before = self.state.evicted_total, self.state.items_dropped_total
         self.batcher.add(self.state.apply(events))  # also when no user changed: offsets await a commit
         self.metrics.stage.labels("decode").observe(decoded - started)
         self.metrics.stage.labels("state").observe(time.perf_counter() - decoded)
         self.metrics.events.inc(len(events))
         self.metrics.users_in_state.set(len(self.state))
         self.metrics.users_evicted.inc(self.state.evicted_total - evicted_before)
+        self.metrics.items_in_state.set(len(self.state.items))
+        self.metrics.items_dropped.inc(self.state.items_dropped_total - dropped_before)
 
     def _flush(self) -> None:
         if not self.batcher.pending:
@@ -193,24 +266,48 @@ class Worker:
             self.metrics.stage.labels("inference").observe(scored - started)
             self.metrics.stage.labels("publish").observe(time.perf_counter() - scored)
             self.metrics.batch_size.observe(len(user_ids))
-        # Step 4. wait until the broker has acknowledged everything produced so far ...
-        started = time.perf_counter()
-        self.publisher.wait_delivered()
-        # Step 5. ... and only then commit the offsets of the records behind it.
-        self._commit()
-        self.metrics.stage.labels("commit").observe(time.perf_counter() - started)
+        # Step 4. what was just produced (and any dead letters since the last flush) answers
+        # for the offsets consumed since then; they are committed once it is all acknowledged.
+        self.publisher.seal(self.pending_offsets)
+        self.pending_offsets = {}
 
-    def _commit(self) -> None:
-        if not self.pending_offsets:
+    def _commit_acknowledged(self) -> None:
+        """Step 5. commit the offsets of flushes the broker has fully acknowledged (asynchronously;
+        a failed commit is repeated with the next one, at least once a second)."""
+        newly = self.publisher.committable()
+        self.acked_offsets.update(newly)
+        if self.acked_offsets and (newly or time.monotonic() - self._last_commit >= 1.0):
+            self._last_commit = time.monotonic()
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self.acked_offsets.items()]
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                self._log_once_a_minute("commit", "offset commit failed, will retry: %s", exc)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            self._log_once_a_minute("commit", "offset commit failed, will retry: %s", err)
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.pending_offsets.items()]
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-            self.pending_offsets.clear()
-        except KafkaException as exc:
-            # The work is published; a lost commit only means replay (at-least-once). The
-            # offsets stay pending and go with the next commit.
-            log.warning("offset commit failed, will retry with the next flush: %s", exc)
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if self.acked_offsets.get(key) == tp.offset:
+                del self.acked_offsets[key]
+
+    def _finish_in_flight(self) -> bool:
+        """Flush what is held, wait (up to flush_timeout_s) for every acknowledgement, then commit
+        synchronously. Returns False if something stayed unacknowledged (it is not committed)."""
+        self._flush()
+        done = self.publisher.wait_all(self.settings.flush_timeout_s)
+        self.acked_offsets.update(self.publisher.committable())
+        if self.acked_offsets:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self.acked_offsets.items()]
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+                self.acked_offsets.clear()
+            except KafkaException as exc:
+                # The work is published; a lost commit only means replay (at-least-once).
+                log.warning("offset commit failed: %s; those events may be replayed", exc)
+        return done
 
     def _swap_model_if_announced(self) -> None:
         loaded = self.watcher.take()
@@ -223,25 +320,34 @@ class Worker:
 
     # --- rebalancing and errors ---------------------------------------------------------------
 
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are leaving this worker: publish and commit their work while we still can."""
-        if not self._broken:
-            self._flush()
+        if not self._broken and not self._finish_in_flight():
+            log.warning("revoked partitions left with unacknowledged records; their events will be replayed")
         self._forget(partitions)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions were taken without a chance to commit: their records will be replayed
         elsewhere, so their offsets are dropped; what is held is still published (duplicates
         are harmless: the newest recommendation per user wins)."""
-        for tp in partitions:
-            self.pending_offsets.pop((tp.topic, tp.partition), None)
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self.publisher.drop_partitions(lost)
+        for key in lost:
+            self.pending_offsets.pop(key, None)
+            self.acked_offsets.pop(key, None)
         if not self._broken:
             self._flush()
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self.pending_offsets.pop((tp.topic, tp.partition), None)
+            key = (tp.topic, tp.partition)
+            self.pending_offsets.pop(key, None)
+            self.acked_offsets.pop(key, None)
+            self.assigned.discard(key)
         dropped = self.state.forget_partitions({tp.partition for tp in partitions})
         self.metrics.users_in_state.set(len(self.state))
         log.info("partitions %s left this worker; dropped %d users", [tp.partition for tp in partitions], dropped)
@@ -249,4 +355,75 @@ class Worker:
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
-        log.warning("consumer: %s", error)
+        self._log_once_a_minute("consume", "consumer: %s", error)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback: fatal errors end the loop; the rest are retried by the
+        client and reported once a minute (an unreachable broker says so many times a second)."""
+        if error.fatal():
+            self._fatal = error
+            return
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self.kafka_reachable.clear()
+        self._log_once_a_minute(
+            "client",
+            "Kafka at %s: %s (retrying; uncommitted work is kept)",
+            self.settings.bootstrap_servers,
+            error.str(),
+        )
+
+    def _probe_kafka(self) -> None:
+        """Every few seconds, ask the cluster for metadata: readiness and `kafka_reachable` follow."""
+        admin = AdminClient(self._client_config(self.settings.kafka_common()))
+        while not self.stop.is_set():
+            try:
+                admin.list_topics(timeout=PROBE_INTERVAL_S)
+                self.kafka_reachable.set()
+            except KafkaException as exc:
+                self.kafka_reachable.clear()
+                self._log_once_a_minute(
+                    "probe", "cannot reach Kafka at %s: %s; still retrying", self.settings.bootstrap_servers, exc
+                )
+            self.metrics.kafka_reachable.set(float(self.kafka_reachable.is_set()))
+            self.stop.wait(PROBE_INTERVAL_S)
+
+    def _log_once_a_minute(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_logged.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_logged[kind] = now
+            log.warning(message, *args)
+
+    # --- clients (overridden by unit tests with fakes) ----------------------------------------
+
+    def _client_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "error_cb": self._on_client_error, "logger": logging.getLogger("librdkafka")}
+
+    def _new_producer(self) -> Producer:
+        return Producer(self._client_config(producer_config(self.settings.kafka_common())))
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer({**self._client_config(consumer_config(self.settings)), "on_commit": self._on_commit})
+
+    def _new_watcher(self) -> ModelWatcher:
+        return ModelWatcher(
+            self.settings,
+            serving=self._loaded.metadata,
+            serving_path=self._loaded.path,
+            device=self.device,
+            metrics=self.metrics,
+            seen_items=lambda: list(self.state.items.ids),
+        ).start()
+
+    def _start_probe(self) -> None:
+        threading.Thread(target=self._probe_kafka, name="kafka-probe", daemon=True).start()
+
+    def _learn_dlq_limit(self) -> int:
+        """The DLQ topic's max.message.bytes (capped by the producer's own default limit)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, self.settings.dlq_topic)
+        try:
+            admin = AdminClient(self._client_config(self.settings.kafka_common()))
+            configs = admin.describe_configs([resource], request_timeout=5)[resource].result(timeout=5)
+            return min(int(configs["max.message.bytes"].value), DEFAULT_MESSAGE_MAX_BYTES)
+        except Exception as exc:  # broker away or topic missing: the default, lowered on refusal
+            log.info("could not read the DLQ's max.message.bytes (%s); assuming %d", exc, DEFAULT_MESSAGE_MAX_BYTES)
+            return DEFAULT_MESSAGE_MAX_BYTES

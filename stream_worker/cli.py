@@ -214,7 +214,7 @@ def worker(
 
     streamrec worker --model runs/models
     """
-    from stream_worker.app import Worker
+    from stream_worker.app import StopIncomplete, Worker
 
     _logging(verbose)
     settings = _settings(bootstrap_servers=bootstrap_servers, model_dir=model, metrics_port=metrics_port)
@@ -223,7 +223,10 @@ def worker(
     except Exception as exc:  # a bad model path or checkpoint: one sentence, no traceback
         _fail(f"Cannot start the worker: {exc}", 2)
     _stop_on_signals(job.stop)
-    job.run()
+    try:
+        job.run()
+    except StopIncomplete as exc:
+        _fail(f"The worker stopped before the broker acknowledged everything: {exc}", 1)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -76,6 +77,74 @@ def _millis(value: Any) -> Any:
     return value
 
 
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """One zig-zag varint (Avro int/long) at `pos`: (value, next position)."""
+    shift = result = 0
+    while True:
+        if pos >= len(data):
+            raise DecodeError("Avro body ends inside a number")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError("Avro number longer than 10 bytes")
+
+
+_FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+
+
+def _skip(schema: Any, data: bytes, pos: int) -> int:
+    """Walk one value of `schema` (a parsed fastavro schema) at `pos`, checking every enum and
+    union index; returns the position after it. Raises DecodeError on an index out of range."""
+    if isinstance(schema, list):  # union
+        index, pos = _read_long(data, pos)
+        if not 0 <= index < len(schema):
+            raise DecodeError(f"union branch index {index} out of range 0..{len(schema) - 1}")
+        return _skip(schema[index], data, pos)
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if kind in _FIXED_WIDTH:
+        return pos + _FIXED_WIDTH[kind]
+    if kind in ("int", "long"):
+        return _read_long(data, pos)[1]
+    if kind in ("string", "bytes"):
+        length, pos = _read_long(data, pos)
+        return pos + length
+    if kind == "enum":
+        index, pos = _read_long(data, pos)
+        if not 0 <= index < len(schema["symbols"]):
+            raise DecodeError(f"enum {schema['name']} index {index} out of range 0..{len(schema['symbols']) - 1}")
+        return pos
+    if kind == "record":
+        for field in schema["fields"]:
+            pos = _skip(field["type"], data, pos)
+        return pos
+    if kind == "fixed":
+        return pos + schema["size"]
+    if kind in ("array", "map"):
+        while True:
+            count, pos = _read_long(data, pos)
+            if count == 0:
+                return pos
+            if count < 0:  # a block with its size in bytes follows the (negated) count
+                count = -count
+                pos = _read_long(data, pos)[1]
+            for _ in range(count):
+                if kind == "map":
+                    pos = _skip("string", data, pos)
+                pos = _skip(schema["items" if kind == "array" else "values"], data, pos)
+    raise DecodeError(f"unsupported Avro type {kind!r}")  # named references do not occur in our schemas
+
+
+def check_indexes(schema: Any, data: bytes, start: int) -> None:
+    """fastavro reads a negative enum or union index as Python does, from the end of the list
+    (-1 becomes the last symbol), so a corrupt value can decode as a different, valid one.
+    No library option refuses that; this walk over the same bytes does (a few microseconds)."""
+    _skip(schema, data, start)
+
+
 class Codec(Protocol):
     def encode(self, record: dict[str, Any]) -> bytes: ...
 
@@ -123,6 +192,7 @@ class SingleObjectCodec:
             raise DecodeError(f"Avro body does not match the schema: {type(exc).__name__}: {exc}") from exc
         if body.tell() != len(data) - _HEADER_LEN:
             raise DecodeError(f"{len(data) - _HEADER_LEN - body.tell()} trailing bytes after the Avro body")
+        check_indexes(writer, data, _HEADER_LEN)
         return record
 
 
@@ -165,18 +235,41 @@ def make_codec(name: str, topic: str, registry_url: str | None) -> Codec:
 # --- user events --------------------------------------------------------------------------
 
 
-def to_user_event(record: dict[str, Any], key: bytes | None) -> UserEvent:
+@dataclass(frozen=True)
+class EventRules:
+    """What a decoded event must satisfy beyond its schema (settings: max_id_length, max_clock_skew_s)."""
+
+    max_id_length: int = 256
+    max_clock_skew_ms: int = 5 * 60 * 1000  # how far in the future an event_time may lie
+    clock_ms: Any = None  # () -> now in epoch ms; None = the system clock
+
+
+def to_user_event(record: dict[str, Any], key: bytes | None, rules: EventRules = EventRules()) -> UserEvent:
     """Typed event from a decoded record, or InvalidEvent naming the broken rule."""
     for field in ("event_id", "user_id", "item_id"):
         if not record[field]:
             raise InvalidEvent(f"{field} is empty")
-    if key is None or key.decode("utf-8", "replace") != record["user_id"]:
-        raise InvalidEvent(f"record key {key!r} must be the user id {record['user_id']!r} (one user, one partition)")
+        if len(record[field]) > rules.max_id_length:
+            raise InvalidEvent(f"{field} has {len(record[field])} characters, more than {rules.max_id_length}")
+    try:
+        key_text = None if key is None else key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent(f"record key {key[:64]!r} is not valid UTF-8; it must be the user id") from None
+    if key_text != record["user_id"]:
+        raise InvalidEvent(
+            f"record key {key_text!r:.80} must be the user id {record['user_id']!r:.80} (one user, one partition)"
+        )
     value = record["value"]
     if record["event_type"] == "RATING" and (value is None or not 0 <= value <= 5):
         raise InvalidEvent(f"a RATING needs a value between 0 and 5, got {value!r}")
     if record["event_time"] < 0:
         raise InvalidEvent(f"event_time {record['event_time']} is before 1970")
+    now_ms = rules.clock_ms() if rules.clock_ms else int(time.time() * 1000)
+    if record["event_time"] > now_ms + rules.max_clock_skew_ms:
+        raise InvalidEvent(
+            f"event_time {record['event_time']} is {(record['event_time'] - now_ms) / 1000:.0f}s in the future "
+            f"(more than the allowed clock skew of {rules.max_clock_skew_ms / 1000:.0f}s)"
+        )
     return UserEvent(
         event_id=record["event_id"],
         user_id=record["user_id"],

@@ -80,6 +80,41 @@ class Settings(BaseSettings):
         description="CPU threads per model call in the worker; 0 = torch's default (one per core). "
         "1 avoids stalls when cores are shared; scale out with partitions instead",
     )
+    # --- hardening: limits, outages, the model channel ----------------------------------------
+    max_id_length: int = Field(256, ge=1, le=100_000, description="Longest event_id, user_id or item_id accepted")
+    max_clock_skew_s: float = Field(
+        300.0, ge=0, description="An event_time further in the future than this is a dead letter (reason invalid)"
+    )
+    state_max_items: int = Field(
+        1_000_000, ge=1, description="Item ids held in state; when full, ids no held user references are reclaimed"
+    )
+    dlq_max_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest dead letter (key + value + headers); longer values are truncated. "
+        "Unset = the DLQ topic's max.message.bytes, at most 1,000,000",
+    )
+    flush_timeout_s: float = Field(
+        30.0, gt=0, description="On stop or rebalance, how long to wait for the broker to acknowledge what is in flight"
+    )
+    max_in_flight_records: int = Field(
+        50_000, ge=1, description="Records produced but not yet acknowledged before the worker stops consuming"
+    )
+    model_load_timeout_s: float = Field(
+        60.0, gt=0, description="Longest an announced checkpoint may take to verify and load before it is rejected"
+    )
+    model_max_bytes: int = Field(
+        4 * 1024**3, ge=1024, description="Largest weights file an announced checkpoint may have"
+    )
+    model_min_item_overlap: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the items seen in the stream an announced model must know (checked once 100 are seen)",
+    )
+    model_max_version_jump: int = Field(
+        1000, ge=1, description="An announced version more than this above the newest known one is rejected"
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = off")
     metrics_host: str = Field("0.0.0.0", description="Interface the HTTP endpoint binds")
 

@@ -41,6 +41,7 @@ class Inference:
         # state item code -> model index (-1 = unknown); the last entry is a -1 sentinel, so
         # that code -1 (an empty ring slot) looks up -1 too.
         self._lookup = np.full(1, -1, np.int64)
+        self._generation = self.items.generation
 
     @property
     def model_name(self) -> str:
@@ -75,6 +76,8 @@ class Inference:
 
     def _model_index(self, codes: np.ndarray) -> np.ndarray:
         """Model indices for state item codes (-1 stays -1); extends the lookup for new codes."""
+        if self._generation != self.items.generation:  # the state renumbered its item codes
+            self._lookup, self._generation = np.full(1, -1, np.int64), self.items.generation
         known = len(self._lookup) - 1
         if len(self.items) > known:
             new = [self._index_of.get(item_id, -1) for item_id in self.items.ids[known:]]

@@ -18,6 +18,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 NAMESPACE = "streamrec"
 STAGES = ("decode", "state", "batch_wait", "inference", "publish", "commit")
 DEAD_LETTER_REASONS = ("decode", "invalid")
+PRODUCED_TOPICS = ("recommendations", "dlq")
+MODEL_UPDATE_REJECTIONS = (
+    "decode",  # not a ModelUpdate
+    "location",  # checkpoint outside the model directory, or an unsupported URI
+    "file",  # a file is missing, not a regular file, or too large
+    "metadata",  # metadata.json disagrees with the announcement
+    "hash",  # weights do not match the announced SHA-256 (or none was announced)
+    "version",  # not newer than the serving version (and no rollback), or an absurd jump
+    "vocabulary",  # too few of the items seen in the stream are known to the model
+    "timeout",  # verifying and loading took longer than model_load_timeout_s
+    "load",  # the weights did not load into the model
+)
 # Event-to-recommendation latency spans milliseconds (live) to minutes (a backlog).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60, 300)
 STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -85,10 +97,60 @@ class WorkerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self.produce_errors = Counter(
+            "produce_errors_total",
+            "Records the broker or the client refused (each is produced again after a back-off; "
+            "offsets behind it wait), by topic and error name",
+            ["topic", "error"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.dead_letters_truncated = Counter(
+            "dead_letters_truncated_total",
+            "Dead letters whose key or value was cut to fit the DLQ's size limit (size and SHA-256 in headers)",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.in_flight_records = Gauge(
+            "in_flight_records",
+            "Records produced and not yet acknowledged by the broker",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.kafka_reachable = Gauge(
+            "kafka_reachable",
+            "1 while the worker's last probe of the Kafka cluster answered, else 0",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.model_updates_rejected = Counter(
+            "model_updates_rejected_total",
+            "Model announcements refused, by reason (the current model keeps serving)",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.model_watcher_alive = Gauge(
+            "model_watcher_alive",
+            "1 while the model-updates watcher thread runs and has turned recently, else 0",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.items_in_state = Gauge(
+            "items_in_state", "Distinct item ids held in the state's item table", namespace=NAMESPACE, registry=registry
+        )
+        self.items_dropped = Counter(
+            "items_dropped_total",
+            "Interactions kept without their item because the item table was full of referenced items",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         for stage in STAGES:
             self.stage.labels(stage)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        for reason in MODEL_UPDATE_REJECTIONS:
+            self.model_updates_rejected.labels(reason)
 
 
 class TrainerMetrics:

@@ -4,7 +4,8 @@ Each user owns one row ("slot") of fixed-width ring buffers holding their most r
 `recent_items` interactions: item code, weight, event time. No Python object is made per
 interaction; the only per-user objects are the user id (dict key) and their last event id.
 Memory is bounded: the arrays grow by doubling up to `max_users` rows, after which the
-least recently active user is evicted.
+least recently active user that is not waiting to be scored is evicted; the item table holds
+at most `max_items` ids, reclaiming those no held user references when it fills.
 
 Item ids are interned to int32 codes here, independently of any model's vocabulary, so
 events for items a model does not know are kept and simply ignored at scoring time (the
@@ -38,18 +39,43 @@ def interaction_weight(event_weights: dict[str, float], event_type: str, value: 
 
 
 class ItemCodes:
-    """Interns item ids to dense int32 codes (0, 1, 2, ...) in order of first sight."""
+    """Interns item ids to dense int32 codes (0, 1, 2, ...) in order of first sight.
 
-    def __init__(self) -> None:
+    At most `max_items` ids are held. When the table is full, `UserState` reclaims the codes
+    no held user references any more (`compact`); `generation` changes then, so a reader that
+    caches something per code (inference's lookup) knows to rebuild it.
+    """
+
+    def __init__(self, max_items: int = 1_000_000) -> None:
+        self.max_items = max_items
         self.code_of: dict[str, int] = {}
         self.ids: list[str] = []
+        self.generation = 0
 
     def code(self, item_id: str) -> int:
+        """The item's code, or -1 when the table is full (the interaction is kept without its item)."""
         code = self.code_of.get(item_id)
         if code is None:
+            if len(self.ids) >= self.max_items:
+                return -1
             code = self.code_of[item_id] = len(self.ids)
             self.ids.append(item_id)
         return code
+
+    @property
+    def full(self) -> bool:
+        return len(self.ids) >= self.max_items
+
+    def compact(self, referenced: np.ndarray) -> np.ndarray:
+        """Keep only the `referenced` codes, renumbered densely in their old order; returns the
+        old-code -> new-code map (-1 for dropped codes, plus a trailing -1 so that -1 maps to -1)."""
+        keep = np.unique(referenced[referenced >= 0])
+        remap = np.full(len(self.ids) + 1, -1, np.int32)
+        remap[keep] = np.arange(len(keep), dtype=np.int32)
+        self.ids = [self.ids[c] for c in keep.tolist()]
+        self.code_of = {item_id: i for i, item_id in enumerate(self.ids)}
+        self.generation += 1
+        return remap
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,13 +101,15 @@ class UserState:
         recent_items: int,
         event_weights: dict[str, float],
         decay_half_life_s: float,
+        max_items: int = 1_000_000,
     ) -> None:
         self.max_users = max_users
         self.recent_items = recent_items
         self.event_weights = event_weights
         # Weight multiplier per millisecond of age is 2^(-age / half_life); 0 disables decay.
         self._decay_per_ms = math.log(2) / (decay_half_life_s * 1000) if decay_half_life_s > 0 else 0.0
-        self.items = ItemCodes()
+        self.items = ItemCodes(max_items)
+        self.items_dropped_total = 0  # interactions kept without their item: the item table was full
 
         rows = min(_INITIAL_ROWS, max_users)
         self._item_codes = np.full((rows, recent_items), -1, np.int32)
@@ -94,6 +122,8 @@ class UserState:
 
         # user id -> slot, least recently active first (move_to_end on every event).
         self._slots: OrderedDict[str, int] = OrderedDict()
+        # Users changed since they were last batched: never evicted, or their events would be lost.
+        self._unbatched: set[str] = set()
         self._free: list[int] = list(range(rows - 1, -1, -1))
         self.evicted_total = 0
 
@@ -107,7 +137,7 @@ class UserState:
             slot = self._slot_for(event.user_id)
             n = self._events_seen[slot]
             pos = n % self.recent_items
-            self._item_codes[slot, pos] = self.items.code(event.item_id)
+            self._item_codes[slot, pos] = self._item_code(event.item_id)
             self._weights[slot, pos] = interaction_weight(self.event_weights, event.event_type, event.value)
             self._times[slot, pos] = event.event_time_ms
             self._events_seen[slot] = n + 1
@@ -116,11 +146,13 @@ class UserState:
                 self._last_event_id[slot] = event.event_id
             self._partition[slot] = partition
             changed.add(event.user_id)
+        self._unbatched |= changed
         return changed
 
     def batch(self, user_ids: list[str]) -> StateBatch:
         """Snapshot of `user_ids` (all must be held), weights decayed to each user's newest event."""
         slots = np.fromiter((self._slots[u] for u in user_ids), np.int64, len(user_ids))
+        self._unbatched.difference_update(user_ids)
         codes = self._item_codes[slots]  # (B, L)
         weights = self._weights[slots]  # (B, L)
         last = self._last_event_ms[slots]  # (B,)
@@ -147,7 +179,18 @@ class UserState:
     def __contains__(self, user_id: str) -> bool:
         return user_id in self._slots
 
-    # --- slots -----------------------------------------------------------------------------
+    # --- items and slots -------------------------------------------------------------------
+
+    def _item_code(self, item_id: str) -> int:
+        if self.items.full and item_id not in self.items.code_of:
+            # Reclaim the codes of items no held user remembers (one user streaming new ids
+            # pushes their old ones out of the ring buffer, so those codes are free again).
+            remap = self.items.compact(self._item_codes[list(self._slots.values())])
+            self._item_codes = remap[self._item_codes]
+        code = self.items.code(item_id)
+        if code < 0:
+            self.items_dropped_total += 1
+        return code
 
     def _slot_for(self, user_id: str) -> int:
         slot = self._slots.get(user_id)
@@ -158,14 +201,25 @@ class UserState:
             if len(self._item_codes) < self.max_users:
                 self._grow()
             else:
-                self._release(next(iter(self._slots)))  # least recently active
+                self._release(self._eviction_candidate())
                 self.evicted_total += 1
         slot = self._free.pop()
         self._slots[user_id] = slot
         return slot
 
+    def _eviction_candidate(self) -> str:
+        """The least recently active user that is not waiting to be scored."""
+        for user_id in self._slots:
+            if user_id not in self._unbatched:
+                return user_id
+        raise RuntimeError(
+            f"all {len(self._slots)} users in state wait to be scored; raise state_max_users "
+            "(it must exceed max_batch_size + poll_max_records)"
+        )
+
     def _release(self, user_id: str) -> None:
         slot = self._slots.pop(user_id)
+        self._unbatched.discard(user_id)
         self._item_codes[slot] = -1
         self._weights[slot] = 0
         self._times[slot] = 0

@@ -88,9 +88,9 @@ def test_every_user_gets_fresh_unseen_recommendations_and_offsets_reach_the_end(
 
 def test_events_for_items_the_model_does_not_know_stay_in_state_and_are_ignored(settings):
     known = events_of(200, seed=2)
+    now_ms = int(time.time() * 1000)
     unknown = [
-        UserEvent(f"new-{n}", WORLD.user_id(n), f"brand-new-item-{n}", "PURCHASE", None, 1_800_000_000_000 + n)
-        for n in range(5)
+        UserEvent(f"new-{n}", WORLD.user_id(n), f"brand-new-item-{n}", "PURCHASE", None, now_ms + n) for n in range(5)
     ]
     publish_events(settings, known + unknown)
     with running_worker(settings):
