@@ -3,6 +3,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from stream_worker.codec import (
     DecodeError,
+    EventRules,
     InvalidEvent,
     RegistryCodec,
     SingleObjectCodec,
@@ -76,3 +77,39 @@ def test_rules_the_schema_cannot_express_are_checked(change, key, message):
 def test_a_rating_with_a_value_is_valid():
     event = to_user_event({**from_user_event(EVENT), "event_type": "RATING", "value": 4.5}, b"alice")
     assert event.value == 4.5
+
+
+def _body_offset_of_event_type(data: bytes) -> int:
+    """Position of the event_type enum index in a single-object UserEvent with 1-char ids."""
+    return 10 + 3 * 2  # header, then three strings of length 1 (one length byte + one char each)
+
+
+@pytest.mark.parametrize("zigzag", [1, 11, 127])  # indexes -1, -6, -64: fastavro would wrap them
+def test_negative_or_out_of_range_enum_indexes_are_decode_errors(zigzag):
+    codec = SingleObjectCodec("user_event")
+    data = bytearray(codec.encode({**from_user_event(EVENT), "event_id": "e", "user_id": "u", "item_id": "i"}))
+    data[_body_offset_of_event_type(data)] = zigzag
+    with pytest.raises(DecodeError):
+        codec.decode(bytes(data))
+
+
+def test_a_negative_union_branch_index_is_a_decode_error():
+    codec = SingleObjectCodec("user_event")
+    record = {**from_user_event(EVENT), "event_id": "e", "user_id": "u", "item_id": "i", "value": 3.0}
+    data = bytearray(codec.encode(record))
+    assert data[_body_offset_of_event_type(data) + 1] == 2  # the value union's branch 1 (double) ...
+    data[_body_offset_of_event_type(data) + 1] = 1  # ... as -1, which fastavro reads as the same branch
+    with pytest.raises(DecodeError, match="union branch index -1"):
+        codec.decode(bytes(data))
+
+
+def test_keys_must_be_valid_utf8_ids_must_be_short_and_times_not_in_the_future():
+    record = from_user_event(EVENT)
+    with pytest.raises(InvalidEvent, match="not valid UTF-8"):
+        to_user_event(record, b"alice\xff")
+    with pytest.raises(InvalidEvent, match="user_id has 300 characters"):
+        to_user_event({**record, "user_id": "u" * 300}, b"u" * 300)
+    rules = EventRules(max_clock_skew_ms=60_000, clock_ms=lambda: EVENT.event_time_ms - 61_000)
+    with pytest.raises(InvalidEvent, match="in the future"):
+        to_user_event(record, b"alice", rules)
+    assert to_user_event(record, b"alice", EventRules(clock_ms=lambda: EVENT.event_time_ms)) == EVENT

@@ -62,6 +62,7 @@ def test_the_least_recently_active_user_is_evicted_at_the_bound():
     s = state(max_users=3)
     s.apply([(ev(u, "x", 1), 0) for u in ("a", "b", "c")])
     s.apply([(ev("a", "y", 2), 0)])  # a is active again: b is now the least recent
+    s.batch(["a", "b", "c"])  # scored: any of them may now be evicted
     s.apply([(ev("d", "x", 3), 0)])
     assert "b" not in s and all(u in s for u in ("a", "c", "d"))
     assert len(s) == 3 and s.evicted_total == 1
@@ -70,7 +71,8 @@ def test_the_least_recently_active_user_is_evicted_at_the_bound():
 
 def test_memory_grows_in_steps_and_never_beyond_max_users():
     s = state(max_users=3000, recent_items=2)
-    s.apply([(ev(f"u{n}", "x", n), 0) for n in range(5000)])
+    for start in range(0, 5000, 500):  # the worker scores what changed between two polls
+        s.batch(list(s.apply([(ev(f"u{n}", "x", n), 0) for n in range(start, start + 500)])))
     assert len(s) == 3000 and s.evicted_total == 2000
     assert s._item_codes.shape == (3000, 2)
     assert "u4999" in s and "u1999" not in s
@@ -81,3 +83,32 @@ def test_users_of_revoked_partitions_are_forgotten():
     s.apply([(ev("a", "x", 1), 0), (ev("b", "x", 1), 1), (ev("c", "x", 1), 2)])
     assert s.forget_partitions({0, 2}) == 2
     assert "b" in s and "a" not in s and "c" not in s
+
+
+def test_the_item_table_is_bounded_and_reclaims_items_no_held_user_references():
+    s = state(recent_items=4, max_items=10)
+    s.apply([(ev("a", "keep", 1), 0)])
+    for n in range(1000):  # one user streams 1,000 distinct items: only their last four stay referenced
+        s.apply([(ev("b", f"new{n}", n + 2), 0)])
+    assert len(s.items) <= 10
+    assert s.items_dropped_total == 0
+    batch = s.batch(["a", "b"])
+    assert codes_to_ids(s, batch.item_codes[0]) == ["keep"]
+    assert sorted(codes_to_ids(s, batch.item_codes[1])) == sorted(f"new{n}" for n in range(996, 1000))
+
+
+def test_a_full_item_table_of_referenced_items_keeps_the_event_without_its_item():
+    s = state(recent_items=4, max_items=4)
+    s.apply([(ev("a", f"x{n}", n), 0) for n in range(4)])
+    s.apply([(ev("b", "y", 9), 0)])
+    assert s.items_dropped_total == 1 and "b" in s and len(s.items) == 4
+
+
+def test_users_waiting_to_be_scored_are_never_evicted():
+    s = state(max_users=2)
+    s.apply([(ev("a", "x", 1), 0)])
+    s.batch(["a"])  # a was scored: evictable
+    s.apply([(ev("b", "x", 2), 0), (ev("c", "x", 3), 0)])  # b waits; c needs a slot: a goes, not b
+    assert "b" in s and "c" in s and "a" not in s
+    with pytest.raises(RuntimeError, match="wait to be scored"):
+        s.apply([(ev("d", "x", 4), 0)])  # b and c both wait: no one may go
