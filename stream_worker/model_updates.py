@@ -349,4 +349,6 @@ class ModelWatcher:
 
     def _reject(self, exc: Rejected, what: str = "an announcement") -> None:
         self._metrics.model_updates_rejected.labels(exc.reason).inc()
+        if exc.reason in ("file", "load", "timeout"):  # it claimed to be a model and could not be read as one
+            self._metrics.model_load_failures.inc()
         log.warning("rejected %s (%s): %s; the current model keeps serving", what, exc.reason, exc)

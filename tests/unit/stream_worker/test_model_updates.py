@@ -131,3 +131,29 @@ def test_a_model_that_knows_too_few_of_the_items_seen_is_rejected(store):
         check(announcement(strangers), limits, seen=ITEMS * 3)
     assert rejected.value.reason == "vocabulary"
     assert check(announcement(strangers), limits, seen=ITEMS[:10]).metadata.version == 2  # too few seen to judge
+
+
+def test_a_load_that_hangs_is_abandoned_after_the_timeout_and_counted(store, monkeypatch):
+    from prometheus_client import CollectorRegistry
+
+    from stream_worker import model_updates
+    from stream_worker.codec import MODEL_UPDATE, make_codec
+    from stream_worker.config import load_settings
+    from stream_worker.metrics import WorkerMetrics
+
+    model_dir, _ = store
+    v2 = save(model_dir)
+    hang = threading.Event()
+    monkeypatch.setattr(model_updates, "verify", lambda *args: hang.wait(60))  # a read that never returns
+    settings = load_settings(model_dir=model_dir, model_load_timeout_s=1)
+    metrics = WorkerMetrics(CollectorRegistry())
+    serving = checkpoint.read_metadata(model_dir / "v000001")
+    watcher = model_updates.ModelWatcher(
+        settings, serving=serving, serving_path=model_dir, device="cpu", metrics=metrics
+    )
+    update = {**announcement(v2), "created_at": 0, "window_start": None, "window_end": None}
+    value = make_codec(MODEL_UPDATE, "t", None).encode({**update, "events_trained": 0, "metrics": {}})
+    watcher._consider(value)
+    hang.set()
+    assert metrics.model_updates_rejected.labels("timeout")._value.get() == 1
+    assert watcher.take() is None
