@@ -20,15 +20,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from contextlib import ExitStack
 from typing import Any
 
 import torch
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
 
 from models import checkpoint, pick_device
+from stream_worker import changelog
 from stream_worker import metrics as metrics_module
 from stream_worker.batching import MicroBatcher
 from stream_worker.codec import (
@@ -37,6 +48,7 @@ from stream_worker.codec import (
     DecodeError,
     EventRules,
     InvalidEvent,
+    UserEvent,
     make_codec,
     to_user_event,
 )
@@ -44,7 +56,7 @@ from stream_worker.config import Settings
 from stream_worker.inference import Inference
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.model_updates import ModelWatcher
-from stream_worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, producer_config
+from stream_worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted, producer_config
 from stream_worker.state import UserState
 
 log = logging.getLogger(__name__)
@@ -63,13 +75,18 @@ class StopIncomplete(Exception):
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
-    return {
+    config = {
         **settings.kafka_common(),
         "group.id": settings.group_id,
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.auto.commit": False,  # we commit, after the broker acknowledged our output
         "auto.offset.reset": settings.auto_offset_reset,
     }
+    if settings.instance_id:
+        # Static membership: a restarted worker with the same id takes its partitions back at
+        # once instead of waiting for the session timeout (and a clean stop does not rebalance).
+        config["group.instance.id"] = settings.instance_id
+    return config
 
 
 class Worker:
@@ -101,6 +118,9 @@ class Worker:
         # Acknowledged and not yet known to be committed (a failed commit is repeated).
         self.acked_offsets: dict[TopicKey, int] = {}
         self.assigned: set[TopicKey] = set()
+        self.exactly_once = settings.processing_guarantee == "exactly-once"
+        self.restoring = False
+        self._transaction_due = False  # exactly-once: a flush waits for its transaction to commit
         self.kafka_reachable = threading.Event()
         self.metrics.model_version.set(loaded.metadata.version)
         self._loaded = loaded
@@ -160,9 +180,13 @@ class Worker:
             make_codec(RECOMMENDATION, settings.recommendations_topic, settings.schema_registry_url),
             recommendations_topic=settings.recommendations_topic,
             dlq_topic=settings.dlq_topic,
+            state_topic=settings.state_topic,
             metrics=self.metrics,
             dlq_max_bytes=settings.dlq_max_bytes or self._learn_dlq_limit(),
+            transactional=self.exactly_once,
         )
+        if self.exactly_once:
+            self._init_transactions()
         self.consumer = self._new_consumer()
         resources.callback(self.consumer.close)  # leaves the group; runs after the final flush
         self.watcher = self._new_watcher()
@@ -186,6 +210,8 @@ class Worker:
     def ready(self) -> tuple[bool, str]:
         if not self._running:
             return False, "not running"
+        if self.restoring:
+            return False, "restoring user state"
         if not self.kafka_reachable.is_set():
             return False, f"cannot reach Kafka at {self.settings.bootstrap_servers}"
         if not self.assigned:
@@ -206,7 +232,11 @@ class Worker:
         self._swap_model_if_announced()
         # Acknowledgements that arrived complete earlier flushes: commit their offsets.
         self.publisher.poll()
-        self._commit_acknowledged()
+        if self.exactly_once:
+            if self._transaction_due and not self._commit_transaction(timeout_s=1.0):
+                return  # the broker has not confirmed the transaction yet: take nothing new
+        else:
+            self._commit_acknowledged()
         if self.publisher.in_flight >= self.settings.max_in_flight_records:
             self.publisher.poll(0.1)  # the broker is slow or away: let it catch up before taking more
             return
@@ -223,31 +253,59 @@ class Worker:
 
     def _ingest(self, msgs: list[Message]) -> None:
         started = time.perf_counter()
-        # Step 1. decode; a record that cannot be used goes to the dead-letter topic.
-        events = []
+        # Step 1. decode; a record that cannot be used goes to the dead-letter topic, and a
+        # tombstone (null value) is a request to forget its user.
+        events: list[tuple[UserEvent, int, int]] = []
         for msg in msgs:
             if msg.error():
                 self._on_consume_error(msg.error())
                 continue
             self.pending_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            if msg.value() is None and msg.key():
+                self._apply(events)  # what came before the tombstone happened before it
+                events = []
+                self._forget_user(msg)
+                continue
             try:
                 event = to_user_event(self.codec.decode(msg.value() or b""), msg.key(), self.rules)
-                events.append((event, msg.partition()))
+                events.append((event, msg.partition(), msg.offset()))
             except DecodeError as exc:
                 self.publisher.dead_letter(msg, "decode", str(exc))
             except InvalidEvent as exc:
                 self.publisher.dead_letter(msg, "invalid", str(exc))
-        decoded = time.perf_counter()
-        # Step 2. apply to the rolling state; the users that changed wait for the next flush.
-        evicted_before, dropped_before = self.state.evicted_total, self.state.items_dropped_total
-        self.batcher.add(self.state.apply(events))  # also when no user changed: offsets await a commit
-        self.metrics.stage.labels("decode").observe(decoded - started)
-        self.metrics.stage.labels("state").observe(time.perf_counter() - decoded)
-        self.metrics.events.inc(len(events))
+        self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
+        self._apply(events)
+        self.batcher.note_pending()  # also when no user changed: offsets await a commit
+
+    def _apply(self, events: list[tuple[UserEvent, int, int]]) -> None:
+        """Step 2. apply to the rolling state; the users that changed wait for the next flush."""
+        started = time.perf_counter()
+        before = self.state.evicted_total, self.state.items_dropped_total, self.state.replayed_total
+        self.batcher.add(self.state.apply(events))
+        self.metrics.stage.labels("state").observe(time.perf_counter() - started)
+        replayed = self.state.replayed_total - before[2]
+        self.metrics.events.inc(len(events) - replayed)
+        self.metrics.events_replayed.inc(replayed)
         self.metrics.users_in_state.set(len(self.state))
-        self.metrics.users_evicted.inc(self.state.evicted_total - evicted_before)
+        self.metrics.users_evicted.inc(self.state.evicted_total - before[0])
         self.metrics.items_in_state.set(len(self.state.items))
-        self.metrics.items_dropped.inc(self.state.items_dropped_total - dropped_before)
+        self.metrics.items_dropped.inc(self.state.items_dropped_total - before[1])
+
+    def _forget_user(self, msg: Message) -> None:
+        """A tombstone on the events topic: drop the user's state and tombstone their state and list."""
+        try:
+            user_id = msg.key().decode("utf-8")
+        except UnicodeDecodeError:
+            self.publisher.dead_letter(msg, "invalid", "a tombstone's key must be a UTF-8 user id")
+            return
+        self.state.forget(user_id)
+        self.batcher.discard([user_id])
+        self.publisher.forget(user_id, msg.partition())
+        self.metrics.users_forgotten.inc()
+        self.metrics.users_in_state.set(len(self.state))
+        log.info(
+            "forgot user %.80s (deletion request at %s[%d]@%d)", user_id, msg.topic(), msg.partition(), msg.offset()
+        )
 
     def _flush(self) -> None:
         if not self.batcher.pending:
@@ -263,6 +321,7 @@ class Worker:
             self.publisher.recommendations(
                 batch, ranked, model_name=self.inference.model_name, model_version=self.inference.model_version
             )
+            self.publisher.state([self.state.snapshot(u) for u in user_ids])  # the changelog
             self.metrics.stage.labels("inference").observe(scored - started)
             self.metrics.stage.labels("publish").observe(time.perf_counter() - scored)
             self.metrics.batch_size.observe(len(user_ids))
@@ -270,6 +329,9 @@ class Worker:
         # for the offsets consumed since then; they are committed once it is all acknowledged.
         self.publisher.seal(self.pending_offsets)
         self.pending_offsets = {}
+        if self.exactly_once:  # lists, state and offsets become visible together, or not at all
+            self._transaction_due = True
+            self._commit_transaction(timeout_s=1.0)
 
     def _commit_acknowledged(self) -> None:
         """Step 5. commit the offsets of flushes the broker has fully acknowledged (asynchronously;
@@ -293,10 +355,40 @@ class Worker:
             if self.acked_offsets.get(key) == tp.offset:
                 del self.acked_offsets[key]
 
+    def _commit_transaction(self, timeout_s: float) -> bool:
+        """Step 5 (exactly-once). Returns True once committed; an abort rewinds to the committed offsets."""
+        try:
+            if self.publisher.commit_transaction(self.consumer.consumer_group_metadata(), timeout_s):
+                self._transaction_due = False
+        except TransactionAborted as exc:
+            self._transaction_due = False
+            self._rewind(str(exc))
+        return not self._transaction_due
+
+    def _rewind(self, why: str) -> None:
+        """Exactly-once after an abort: none of the transaction happened, so drop what the state
+        learnt since the last commit (restore it from the changelog) and read again from the
+        committed offsets."""
+        log.warning("%s; rewinding to the committed offsets", why)
+        self.metrics.transactions_aborted.inc()
+        self.batcher.drain()
+        self.pending_offsets = {}
+        partitions = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        self.batcher.discard(self.state.forget_partitions({tp.partition for tp in partitions}))
+        self._restore(partitions)
+        restart = OFFSET_BEGINNING if self.settings.auto_offset_reset == "earliest" else OFFSET_END
+        for tp in self.consumer.committed(partitions, timeout=30):
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else restart))
+
     def _finish_in_flight(self) -> bool:
         """Flush what is held, wait (up to flush_timeout_s) for every acknowledgement, then commit
         synchronously. Returns False if something stayed unacknowledged (it is not committed)."""
         self._flush()
+        if self.exactly_once:
+            deadline = time.monotonic() + self.settings.flush_timeout_s
+            while self._transaction_due and time.monotonic() < deadline:
+                self._commit_transaction(timeout_s=1.0)
+            return not self._transaction_due
         done = self.publisher.wait_all(self.settings.flush_timeout_s)
         self.acked_offsets.update(self.publisher.committable())
         if self.acked_offsets:
@@ -321,7 +413,38 @@ class Worker:
     # --- rebalancing and errors ---------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """New partitions: their users come back from the changelog before any of their events is read."""
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self._restore(partitions)
+
+    def _restore(self, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        self.restoring = True
+        self.metrics.state_restoring.set(1)
+        try:
+            restored = changelog.restore(
+                self.settings,
+                [tp.partition for tp in partitions],
+                self.state,
+                timeout_s=self.settings.restore_timeout_s,
+            )
+        finally:
+            self.restoring = False
+            self.metrics.state_restoring.set(0)
+        self.metrics.state_restore.observe(restored.seconds)
+        self.metrics.state_restore_records.inc(restored.records)
+        self.metrics.state_restored_users.inc(restored.users)
+        self.metrics.users_in_state.set(len(self.state))
+        log.info(
+            "restored %d users of partitions %s from %s in %.2fs (%d records, %.0f users/s)",
+            restored.users,
+            sorted(tp.partition for tp in partitions),
+            self.settings.state_topic,
+            restored.seconds,
+            restored.records,
+            restored.users / max(restored.seconds, 1e-9),
+        )
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions are leaving this worker: publish and commit their work while we still can."""
@@ -335,12 +458,9 @@ class Worker:
         are harmless: the newest recommendation per user wins)."""
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.publisher.drop_partitions(lost)
-        for key in lost:
-            self.pending_offsets.pop(key, None)
-            self.acked_offsets.pop(key, None)
+        self._forget(partitions)  # first: their users' state must not be written from here any more
         if not self._broken:
             self._flush()
-        self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -349,8 +469,9 @@ class Worker:
             self.acked_offsets.pop(key, None)
             self.assigned.discard(key)
         dropped = self.state.forget_partitions({tp.partition for tp in partitions})
+        self.batcher.discard(dropped)
         self.metrics.users_in_state.set(len(self.state))
-        log.info("partitions %s left this worker; dropped %d users", [tp.partition for tp in partitions], dropped)
+        log.info("partitions %s left this worker; dropped %d users", [tp.partition for tp in partitions], len(dropped))
 
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -399,7 +520,24 @@ class Worker:
         return {**config, "error_cb": self._on_client_error, "logger": logging.getLogger("librdkafka")}
 
     def _new_producer(self) -> Producer:
-        return Producer(self._client_config(producer_config(self.settings.kafka_common())))
+        config = self._client_config(producer_config(self.settings.kafka_common()))
+        if self.exactly_once:
+            # One transactional id per live worker; zombies are fenced by the group generation
+            # that send_offsets_to_transaction carries (KIP-447), so a fresh id per start is fine.
+            config["transactional.id"] = f"{self.settings.group_id}.{self.settings.instance_id or uuid.uuid4().hex}"
+            config.pop("message.timeout.ms")  # must not exceed transaction.timeout.ms; the default does
+        return Producer(config)
+
+    def _init_transactions(self) -> None:
+        """Exactly-once start-up: fence an older producer with our id, retrying while the broker is away."""
+        while not self.stop.is_set():
+            try:
+                self.producer.init_transactions(10)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                self._log_once_a_minute("txn", "cannot initialise transactions yet (%s); retrying", exc)
 
     def _new_consumer(self) -> Consumer:
         return Consumer({**self._client_config(consumer_config(self.settings)), "on_commit": self._on_commit})

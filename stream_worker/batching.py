@@ -31,6 +31,11 @@ class MicroBatcher:
         if self._since is None:
             self._since = self._clock()
 
+    def discard(self, user_ids: Iterable[str]) -> None:
+        """Users who must not be scored any more (forgotten, or their partition left)."""
+        for user_id in user_ids:
+            self._waiting.pop(user_id, None)
+
     def __len__(self) -> int:
         return len(self._waiting)
 

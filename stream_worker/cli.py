@@ -288,6 +288,25 @@ def replay(
 
 
 @app.command()
+def forget(
+    user_id: Annotated[str, typer.Argument(help="The user id, exactly as in the events' key")],
+    bootstrap_servers: Bootstrap = None,
+) -> None:
+    """Forget a user: their state, their recommendations (tombstones) and, for training, their past events.
+
+    streamrec forget alice
+    """
+    from stream_worker.replay import publish_forget
+
+    settings = _settings(bootstrap_servers=bootstrap_servers)
+    try:
+        publish_forget(settings, user_id)
+    except RuntimeError as exc:
+        _fail(str(exc), 1)
+    console.print(f"asked the workers to forget {user_id!r} (a tombstone on {settings.events_topic})")
+
+
+@app.command()
 def tail(
     bootstrap_servers: Bootstrap = None,
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record, not the newest")] = False,

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     recommendations_topic: str = Field("recommendations", description="Recommendations out (Avro Recommendation)")
     model_updates_topic: str = Field("model-updates", description="Checkpoint announcements (Avro ModelUpdate)")
     dlq_topic: str = Field("user-events.dlq", description="Records that could not be used, with the reason in headers")
+    state_topic: str = Field(
+        "user-state", description="Each user's state (compacted, co-partitioned with the events topic)"
+    )
     topic_partitions: int = Field(3, ge=1, description="Partitions of topics that `topics create` makes")
     group_id: str = Field("streamrec-worker", min_length=1, description="Consumer group of the workers")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
@@ -79,6 +82,20 @@ class Settings(BaseSettings):
         ge=0,
         description="CPU threads per model call in the worker; 0 = torch's default (one per core). "
         "1 avoids stalls when cores are shared; scale out with partitions instead",
+    )
+    # --- durable state and delivery --------------------------------------------------------------
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="exactly-once = Kafka transactions: lists, state and offsets commit together "
+        "(readers use isolation.level=read_committed)",
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership id (e.g. the pod name): a restarted worker gets its "
+        "partitions back without waiting for the session timeout",
+    )
+    restore_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a worker may take to restore its partitions' users from the state topic"
     )
     # --- hardening: limits, outages, the model channel ----------------------------------------
     max_id_length: int = Field(256, ge=1, le=100_000, description="Longest event_id, user_id or item_id accepted")
@@ -151,9 +168,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        topics = [self.events_topic, self.recommendations_topic, self.model_updates_topic, self.dlq_topic]
+        topics = [
+            self.events_topic,
+            self.recommendations_topic,
+            self.model_updates_topic,
+            self.dlq_topic,
+            self.state_topic,
+        ]
         if len(set(topics)) != len(topics):
-            raise ValueError(f"the four topics must be different, got {topics}")
+            raise ValueError(f"the topics must be different, got {topics}")
         # Users waiting to be scored are the most recently active, so eviction (least recent
         # first) can never take one of them as long as they all fit at once.
         if self.state_max_users < self.max_batch_size + self.poll_max_records:

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 NAMESPACE = "streamrec"
 STAGES = ("decode", "state", "batch_wait", "inference", "publish", "commit")
 DEAD_LETTER_REASONS = ("decode", "invalid")
-PRODUCED_TOPICS = ("recommendations", "dlq")
 MODEL_UPDATE_REJECTIONS = (
     "decode",  # not a ModelUpdate
     "location",  # checkpoint outside the model directory, or an unsupported URI
@@ -142,6 +141,46 @@ class WorkerMetrics:
         self.items_dropped = Counter(
             "items_dropped_total",
             "Interactions kept without their item because the item table was full of referenced items",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.state_restore = Histogram(
+            "state_restore_seconds",
+            "Time to restore newly assigned partitions' users from the state topic",
+            namespace=NAMESPACE,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+        self.state_restore_records = Counter(
+            "state_restore_records_total",
+            "State-topic records read while restoring",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.state_restored_users = Counter(
+            "state_restored_users_total",
+            "Users put back into state by restores",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.state_restoring = Gauge(
+            "state_restoring", "1 while partitions are being restored, else 0", namespace=NAMESPACE, registry=registry
+        )
+        self.events_replayed = Counter(
+            "events_replayed_total",
+            "Replayed events skipped because the user's restored state already reflected them",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.users_forgotten = Counter(
+            "users_forgotten_total",
+            "Deletion requests (tombstones on the events topic) carried out",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.transactions_aborted = Counter(
+            "transactions_aborted_total",
+            "Exactly-once transactions aborted (the worker rewinds to the committed offsets and restores state)",
             namespace=NAMESPACE,
             registry=registry,
         )

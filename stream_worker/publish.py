@@ -22,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from stream_worker import changelog
 from stream_worker.codec import Codec
 from stream_worker.inference import Ranked
 from stream_worker.metrics import WorkerMetrics
-from stream_worker.state import StateBatch
+from stream_worker.state import StateBatch, UserSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,20 @@ def producer_config(common: dict[str, str | int | bool]) -> dict[str, str | int 
     }
 
 
+class TransactionAborted(Exception):
+    """Exactly-once: the transaction was aborted; nothing of it is visible, the caller must rewind."""
+
+
 @dataclass
 class _Record:
     topic: str
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None
-    kind: str  # "recommendations" | "dlq"
+    kind: str  # "recommendations" | "dlq" | "state"
     last_event_ms: int = 0  # recommendations: for the latency histogram
     dlq_reason: str = ""
+    partition: int = -1  # -1 = the producer's partitioner decides (by key)
 
 
 @dataclass
@@ -95,13 +101,19 @@ class Publisher:
         recommendations_topic: str,
         dlq_topic: str,
         metrics: WorkerMetrics,
+        state_topic: str = "user-state",
         dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+        transactional: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._producer = producer
         self._codec = codec
         self._recommendations_topic = recommendations_topic
         self._dlq_topic = dlq_topic
+        self._state_topic = state_topic
+        self.transactional = transactional
+        self._in_transaction = False
+        self._offsets_sent = False
         self._metrics = metrics
         self.dlq_max_bytes = dlq_max_bytes
         self._clock = clock
@@ -153,6 +165,25 @@ class Publisher:
         record = _Record(self._dlq_topic, msg.key(), msg.value(), headers, "dlq", dlq_reason=reason)
         self._produce(self._open, self._fit(record, self.dlq_max_bytes))
 
+    def state(self, snapshots: list[UserSnapshot]) -> None:
+        """Each user's state onto the changelog, on the partition number their events came from."""
+        for snap in snapshots:
+            record = _Record(
+                self._state_topic,
+                snap.user_id.encode(),
+                changelog.encode(snap),
+                None,
+                "state",
+                partition=snap.partition,
+            )
+            self._produce(self._open, record)
+
+    def forget(self, user_id: str, partition: int) -> None:
+        """Tombstones for a forgotten user: their state and their list, so compaction erases both."""
+        key = user_id.encode()
+        self._produce(self._open, _Record(self._state_topic, key, None, None, "state", partition=partition))
+        self._produce(self._open, _Record(self._recommendations_topic, key, None, None, "state"))
+
     def seal(self, offsets: dict[tuple[str, int], int]) -> None:
         """Close the open flush: its records answer for `offsets` (consumed since the last seal)."""
         flush, self._open = self._open, Flush()
@@ -165,7 +196,7 @@ class Publisher:
     def poll(self, timeout_s: float = 0.0) -> None:
         """Serve delivery callbacks; produce refused records again once their back-off is over."""
         self._producer.poll(timeout_s)
-        if self._clock() >= self._retry_at:
+        if not self.transactional and self._clock() >= self._retry_at:  # (a transaction aborts instead)
             for flush in (*self._sealed, self._open):
                 retry, flush.failed = flush.failed, []
                 for record in retry:
@@ -189,6 +220,44 @@ class Publisher:
             self.poll(min(0.1, remaining))
         return True
 
+    def commit_transaction(self, group_metadata: object, timeout_s: float) -> bool:
+        """Exactly-once: commit everything produced and the sealed flushes' offsets in one transaction.
+
+        True when committed (the sealed flushes are done); False when the broker did not answer in
+        time (call again: nothing is lost); TransactionAborted when it had to be aborted."""
+        offsets: dict[tuple[str, int], int] = {}
+        for flush in self._sealed:
+            offsets.update(flush.offsets)
+        self._begin()
+        try:
+            if offsets and not self._offsets_sent:
+                partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self._producer.send_offsets_to_transaction(partitions, group_metadata, timeout_s)
+                self._offsets_sent = True
+            self._producer.commit_transaction(timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                self._producer.abort_transaction(max(timeout_s, 30))
+                self.reset()
+                raise TransactionAborted(f"transaction aborted: {error.str()}") from exc
+            if error.retriable():
+                return False
+            raise
+        self._in_transaction = self._offsets_sent = False
+        self._sealed.clear()
+        return True
+
+    def reset(self) -> None:
+        """Forget every flush (after an aborted transaction: none of it happened)."""
+        self._open, self._sealed = Flush(), deque()
+        self._in_transaction = self._offsets_sent = False
+
+    def _begin(self) -> None:
+        if self.transactional and not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+
     def drop_partitions(self, partitions: set[tuple[str, int]]) -> None:
         """Partitions lost to another worker: never commit their offsets from here."""
         for flush in self._sealed:
@@ -209,6 +278,7 @@ class Publisher:
 
     def _produce(self, flush: Flush, record: _Record) -> None:
         flush.outstanding += 1  # counted until acknowledged; a refusal keeps it counted
+        self._begin()
         while True:
             try:
                 self._producer.produce(
@@ -217,6 +287,7 @@ class Publisher:
                     record.key,
                     headers=record.headers,
                     on_delivery=partial(self._on_delivery, flush, record),
+                    **({"partition": record.partition} if record.partition >= 0 else {}),
                 )
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -233,7 +304,7 @@ class Publisher:
         if record.kind == "recommendations":
             self._metrics.recommendations.inc()
             self._metrics.event_to_recommendation.observe(max(self._clock() - record.last_event_ms / 1000, 0.0))
-        else:
+        elif record.kind == "dlq":
             self._metrics.dead_letters.labels(record.dlq_reason).inc()
 
     def _refused(self, flush: Flush, record: _Record, err: KafkaError) -> None:

@@ -92,3 +92,17 @@ def ratings_events(path: Path, limit: int | None = None) -> Iterator[UserEvent]:
             value=rating,
             event_time_ms=int(timestamp) * 1000,
         )
+
+
+def publish_forget(settings: Settings, user_id: str, timeout_s: float = 30.0) -> None:
+    """A deletion request: a tombstone (null value) keyed by the user id on the events topic.
+
+    It must land on the partition the user's events use, so it is produced with the same
+    partitioner as the events (librdkafka's default; set `partitioner` in STREAMREC_KAFKA_OPTIONS
+    to match other producers, e.g. murmur2_random for Java's)."""
+    producer = Producer(producer_config(settings.kafka_common()))
+    errors: list[KafkaError | None] = []
+    producer.produce(settings.events_topic, None, user_id.encode(), on_delivery=lambda err, _m: errors.append(err))
+    producer.flush(timeout_s)
+    if errors != [None]:
+        raise RuntimeError(f"the deletion request for {user_id!r} was not acknowledged: {errors or 'no answer'}")

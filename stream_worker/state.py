@@ -82,6 +82,21 @@ class ItemCodes:
 
 
 @dataclass
+class UserSnapshot:
+    """One user's whole state, as the changelog stores it (interactions oldest first)."""
+
+    user_id: str
+    partition: int  # of the events topic, where this user's events live
+    offset: int  # source offset of the newest event applied
+    events_seen: int
+    last_event_ms: int
+    last_event_id: str
+    item_ids: list[str]  # "" where the item table was full
+    weights: np.ndarray  # float32, undecayed
+    times_ms: np.ndarray  # int64 event times
+
+
+@dataclass
 class StateBatch:
     """The state of B users, ready for scoring: decayed weights of their recent items."""
 
@@ -118,6 +133,7 @@ class UserState:
         self._events_seen = np.zeros(rows, np.int64)  # also the ring position: events_seen % L
         self._last_event_ms = np.zeros(rows, np.int64)
         self._partition = np.full(rows, -1, np.int32)
+        self._offset = np.full(rows, -1, np.int64)  # source offset of the newest event applied
         self._last_event_id: list[str] = [""] * rows
 
         # user id -> slot, least recently active first (move_to_end on every event).
@@ -126,15 +142,24 @@ class UserState:
         self._unbatched: set[str] = set()
         self._free: list[int] = list(range(rows - 1, -1, -1))
         self.evicted_total = 0
+        self.replayed_total = 0  # events skipped because the user's state already reflects them
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def apply(self, events: Iterable[tuple[UserEvent, int]]) -> set[str]:
-        """Add (event, partition) pairs to their users' state; returns the users that changed."""
+    def apply(self, events: Iterable[tuple[UserEvent, int, int]]) -> set[str]:
+        """Add (event, partition, offset) triples to their users' state; returns the users that changed.
+
+        An event at or below the source offset the user's state already reflects (on the same
+        partition) is a replay after a crash or a rebalance, and is skipped: state restored from
+        the changelog plus the replayed tail of the log equals state that never stopped. An
+        offset of -1 means unknown (never skipped)."""
         changed: set[str] = set()
-        for event, partition in events:
+        for event, partition, offset in events:
             slot = self._slot_for(event.user_id)
+            if 0 <= offset <= self._offset[slot] and partition == self._partition[slot]:
+                self.replayed_total += 1
+                continue
             n = self._events_seen[slot]
             pos = n % self.recent_items
             self._item_codes[slot, pos] = self._item_code(event.item_id)
@@ -145,6 +170,7 @@ class UserState:
                 self._last_event_ms[slot] = event.event_time_ms
                 self._last_event_id[slot] = event.event_id
             self._partition[slot] = partition
+            self._offset[slot] = offset
             changed.add(event.user_id)
         self._unbatched |= changed
         return changed
@@ -169,12 +195,59 @@ class UserState:
             last_event_ids=[self._last_event_id[s] for s in slots],
         )
 
-    def forget_partitions(self, partitions: set[int]) -> int:
-        """Drop users last seen on `partitions` (revoked from this worker); returns how many."""
+    def forget_partitions(self, partitions: set[int]) -> list[str]:
+        """Drop users last seen on `partitions` (revoked from this worker); returns them."""
         gone = [u for u, s in self._slots.items() if self._partition[s] in partitions]
         for user_id in gone:
             self._release(user_id)
-        return len(gone)
+        return gone
+
+    def forget(self, user_id: str) -> bool:
+        """Drop one user (a deletion request); returns whether they were held."""
+        if user_id not in self._slots:
+            return False
+        self._release(user_id)
+        return True
+
+    # --- snapshots (the changelog) ------------------------------------------------------------
+
+    def snapshot(self, user_id: str) -> UserSnapshot:
+        """Everything the state holds about one user, interactions oldest first."""
+        slot = self._slots[user_id]
+        n = int(self._events_seen[slot])
+        held = min(n, self.recent_items)
+        order = [(n - held + j) % self.recent_items for j in range(held)]  # ring positions, oldest first
+        codes = self._item_codes[slot, order]
+        return UserSnapshot(
+            user_id=user_id,
+            partition=int(self._partition[slot]),
+            offset=int(self._offset[slot]),
+            events_seen=n,
+            last_event_ms=int(self._last_event_ms[slot]),
+            last_event_id=self._last_event_id[slot],
+            item_ids=[self.items.ids[c] if c >= 0 else "" for c in codes.tolist()],
+            weights=self._weights[slot, order].copy(),
+            times_ms=self._times[slot, order].copy(),
+        )
+
+    def restore(self, snap: UserSnapshot) -> None:
+        """Put a user back exactly as `snapshot` saw them (replacing what is held)."""
+        self.forget(snap.user_id)
+        slot = self._slot_for(snap.user_id)
+        self._unbatched.discard(snap.user_id)  # restored users wait for their next event, not a flush
+        held = len(snap.item_ids)
+        positions = [(snap.events_seen - held + j) % self.recent_items for j in range(held)]
+        self._item_codes[slot, positions] = [self._item_code(i) if i else -1 for i in snap.item_ids]
+        self._weights[slot, positions] = snap.weights
+        self._times[slot, positions] = snap.times_ms
+        self._events_seen[slot] = snap.events_seen
+        self._last_event_ms[slot] = snap.last_event_ms
+        self._last_event_id[slot] = snap.last_event_id
+        self._partition[slot] = snap.partition
+        self._offset[slot] = snap.offset
+
+    def partition_of(self, user_id: str) -> int:
+        return int(self._partition[self._slots[user_id]])
 
     def __contains__(self, user_id: str) -> bool:
         return user_id in self._slots
@@ -226,6 +299,7 @@ class UserState:
         self._events_seen[slot] = 0
         self._last_event_ms[slot] = 0
         self._partition[slot] = -1
+        self._offset[slot] = -1
         self._last_event_id[slot] = ""
         self._free.append(slot)
 
@@ -243,5 +317,6 @@ class UserState:
         self._events_seen = pad(self._events_seen, 0)
         self._last_event_ms = pad(self._last_event_ms, 0)
         self._partition = pad(self._partition, -1)
+        self._offset = pad(self._offset, -1)
         self._last_event_id.extend([""] * extra)
         self._free.extend(range(new - 1, old - 1, -1))

@@ -1,4 +1,4 @@
-"""The four topics: creating them (idempotently), and how far the worker group has read."""
+"""The topics: creating them (idempotently), and how far the worker group has read."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTo
             config={"cleanup.policy": "compact"},
         ),
         NewTopic(settings.dlq_topic, num_partitions=n, replication_factor=-1),
+        # Co-partitioned with the events: a worker restores partition p of it for events partition p.
+        NewTopic(settings.state_topic, num_partitions=n, replication_factor=-1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.model_updates_topic, num_partitions=1, replication_factor=-1),
     ]
 
@@ -29,7 +31,17 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTo
 def ensure_topics(settings: Settings, partitions: int | None = None, timeout_s: float = 30) -> dict[str, str]:
     """Create missing topics; returns {topic: "created" | "exists"}. Existing topics are left as they are."""
     admin = AdminClient(settings.kafka_common())
-    futures = admin.create_topics(topic_specs(settings, partitions), operation_timeout=timeout_s)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    specs = topic_specs(settings, partitions)
+    if settings.events_topic in existing:  # the state topic must match the events topic, whatever was asked
+        events_partitions = len(existing[settings.events_topic].partitions)
+        specs = [
+            NewTopic(s.topic, events_partitions, replication_factor=-1, config=s.config)
+            if s.topic == settings.state_topic
+            else s
+            for s in specs
+        ]
+    futures = admin.create_topics(specs, operation_timeout=timeout_s)
     outcome = {}
     for topic, future in futures.items():
         try:

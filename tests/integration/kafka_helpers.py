@@ -48,7 +48,15 @@ def _holds(condition: Callable[[], bool]) -> bool:
 
 
 def _consumer(settings: Settings) -> Consumer:
-    return Consumer({**settings.kafka_common(), "group.id": f"test-reader-{uuid.uuid4()}", "enable.auto.commit": False})
+    return Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": f"test-reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,  # the end, even where it is a transaction marker
+            "isolation.level": "read_committed",
+        }
+    )
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -96,6 +104,8 @@ def read_topic(
             assert time.monotonic() < deadline, f"could not read {topic} to its end within {timeout_s}s"
             for msg in consumer.consume(500, timeout=0.5):
                 if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= todo.get(msg.partition(), 0):
+                        todo.pop(msg.partition(), None)
                     continue
                 records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), dict(msg.headers() or [])))
                 if msg.offset() + 1 >= todo.get(msg.partition(), 0):

@@ -28,15 +28,15 @@ class FakeProducer:
         self.auto_ack = False
         self.log: list[tuple[str, Any]] = []  # shared with a FakeConsumer to check the order of events
 
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None) -> None:
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, partition=-1) -> None:
         if len(value or b"") + len(key or b"") > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         self.records.append(Produced(topic, value, key, headers, on_delivery))
         self.log.append(("produce", topic))
 
-    def ack(self, error: KafkaError | None = None, *, only: int | None = None) -> int:
-        """Deliver the pending reports (the first `only` of them), successfully or with `error`."""
-        pending = [r for r in self.records if not r.done][:only]
+    def ack(self, error: KafkaError | None = None, *, only: int | None = None, topic: str | None = None) -> int:
+        """Deliver the pending reports (the first `only` of them, of `topic` if given), successfully or with `error`."""
+        pending = [r for r in self.records if not r.done and topic in (None, r.topic)][:only]
         for record in pending:
             record.done = True
             self.log.append(("ack" if error is None else "refused", record.topic))

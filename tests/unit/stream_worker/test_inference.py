@@ -44,7 +44,7 @@ def loaded(item_ids: list[str], scores: list[float], version: int = 1) -> Loaded
 
 def state_with(events: list[tuple[str, str, str]]) -> UserState:
     s = UserState(max_users=10, recent_items=8, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=0)
-    s.apply((UserEvent(f"e{n}", u, i, kind, None, n), 0) for n, (u, i, kind) in enumerate(events))
+    s.apply((UserEvent(f"e{n}", u, i, kind, None, n), 0, -1) for n, (u, i, kind) in enumerate(events))
     return s
 
 
@@ -70,7 +70,7 @@ def test_a_swapped_model_brings_its_own_vocabulary():
     inference = Inference(loaded(["y", "z"], [1.0, 2.0]), s.items, torch.device("cpu"), 5)
     assert inference.recommend(s.batch(["a"])).item_ids == [["z", "y"]]
     inference.swap(loaded(["x", "y", "w"], [3.0, 1.0, 2.0], version=2))
-    s.apply([(UserEvent("e9", "a", "w", "VIEW", None, 9), 0)])
+    s.apply([(UserEvent("e9", "a", "w", "VIEW", None, 9), 0, -1)])
     assert inference.recommend(s.batch(["a"])).item_ids == [["y"]]  # x and w are now known, and seen
     assert inference.model_version == 2
 
@@ -79,6 +79,6 @@ def test_lookup_grows_with_new_items_without_rebuilding():
     s = state_with([("a", "i0", "VIEW")])
     inference = Inference(loaded(["i0", "i1"], [1.0, 2.0]), s.items, torch.device("cpu"), 1)
     inference.recommend(s.batch(["a"]))
-    s.apply([(UserEvent("e1", "b", "i1", "VIEW", None, 1), 0)])
+    s.apply([(UserEvent("e1", "b", "i1", "VIEW", None, 1), 0, -1)])
     assert inference.recommend(s.batch(["b"])).item_ids == [["i0"]]
     assert np.array_equal(inference._lookup, [0, 1, -1])

@@ -23,7 +23,9 @@ def codes_to_ids(s: UserState, codes: np.ndarray) -> list[str]:
 
 def test_weights_follow_event_type_and_changed_users_are_reported():
     s = state()
-    changed = s.apply([(ev("a", "x", 1, "PURCHASE"), 0), (ev("b", "y", 2, "RATING", 2.5), 1), (ev("a", "z", 3), 0)])
+    changed = s.apply(
+        [(ev("a", "x", 1, "PURCHASE"), 0, -1), (ev("b", "y", 2, "RATING", 2.5), 1, -1), (ev("a", "z", 3), 0, -1)]
+    )
     assert changed == {"a", "b"}
     batch = s.batch(["a", "b"])
     a_weights = dict(zip(codes_to_ids(s, batch.item_codes[0]), batch.weights[0][batch.item_codes[0] >= 0], strict=True))
@@ -35,7 +37,7 @@ def test_weights_follow_event_type_and_changed_users_are_reported():
 
 def test_only_the_most_recent_items_are_kept_but_every_event_is_counted():
     s = state(recent_items=3)
-    s.apply([(ev("a", f"i{n}", n), 0) for n in range(7)])
+    s.apply([(ev("a", f"i{n}", n), 0, -1) for n in range(7)])
     batch = s.batch(["a"])
     assert sorted(codes_to_ids(s, batch.item_codes[0])) == ["i4", "i5", "i6"]
     assert batch.events_seen[0] == 7
@@ -44,14 +46,14 @@ def test_only_the_most_recent_items_are_kept_but_every_event_is_counted():
 
 def test_the_newest_event_is_the_latest_event_time_even_when_it_arrives_early():
     s = state()
-    s.apply([(ev("a", "new", 200, eid="late-in-time"), 0), (ev("a", "old", 100, eid="early-in-time"), 0)])
+    s.apply([(ev("a", "new", 200, eid="late-in-time"), 0, -1), (ev("a", "old", 100, eid="early-in-time"), 0, -1)])
     batch = s.batch(["a"])
     assert batch.last_event_ids == ["late-in-time"] and batch.last_event_ms[0] == 200
 
 
 def test_time_decay_halves_the_weight_after_one_half_life():
     s = state(decay_half_life_s=24 * 3600)
-    s.apply([(ev("a", "old", 0, "CLICK"), 0), (ev("a", "new", DAY_MS, "CLICK"), 0)])
+    s.apply([(ev("a", "old", 0, "CLICK"), 0, -1), (ev("a", "new", DAY_MS, "CLICK"), 0, -1)])
     batch = s.batch(["a"])
     by_item = dict(zip(codes_to_ids(s, batch.item_codes[0]), batch.weights[0][:2], strict=True))
     assert by_item["new"] == pytest.approx(2.0)
@@ -60,10 +62,10 @@ def test_time_decay_halves_the_weight_after_one_half_life():
 
 def test_the_least_recently_active_user_is_evicted_at_the_bound():
     s = state(max_users=3)
-    s.apply([(ev(u, "x", 1), 0) for u in ("a", "b", "c")])
-    s.apply([(ev("a", "y", 2), 0)])  # a is active again: b is now the least recent
+    s.apply([(ev(u, "x", 1), 0, -1) for u in ("a", "b", "c")])
+    s.apply([(ev("a", "y", 2), 0, -1)])  # a is active again: b is now the least recent
     s.batch(["a", "b", "c"])  # scored: any of them may now be evicted
-    s.apply([(ev("d", "x", 3), 0)])
+    s.apply([(ev("d", "x", 3), 0, -1)])
     assert "b" not in s and all(u in s for u in ("a", "c", "d"))
     assert len(s) == 3 and s.evicted_total == 1
     assert s.batch(["d"]).events_seen[0] == 1  # b's slot was wiped before d got it
@@ -72,7 +74,7 @@ def test_the_least_recently_active_user_is_evicted_at_the_bound():
 def test_memory_grows_in_steps_and_never_beyond_max_users():
     s = state(max_users=3000, recent_items=2)
     for start in range(0, 5000, 500):  # the worker scores what changed between two polls
-        s.batch(list(s.apply([(ev(f"u{n}", "x", n), 0) for n in range(start, start + 500)])))
+        s.batch(list(s.apply([(ev(f"u{n}", "x", n), 0, -1) for n in range(start, start + 500)])))
     assert len(s) == 3000 and s.evicted_total == 2000
     assert s._item_codes.shape == (3000, 2)
     assert "u4999" in s and "u1999" not in s
@@ -80,16 +82,16 @@ def test_memory_grows_in_steps_and_never_beyond_max_users():
 
 def test_users_of_revoked_partitions_are_forgotten():
     s = state()
-    s.apply([(ev("a", "x", 1), 0), (ev("b", "x", 1), 1), (ev("c", "x", 1), 2)])
-    assert s.forget_partitions({0, 2}) == 2
+    s.apply([(ev("a", "x", 1), 0, -1), (ev("b", "x", 1), 1, -1), (ev("c", "x", 1), 2, -1)])
+    assert sorted(s.forget_partitions({0, 2})) == ["a", "c"]
     assert "b" in s and "a" not in s and "c" not in s
 
 
 def test_the_item_table_is_bounded_and_reclaims_items_no_held_user_references():
     s = state(recent_items=4, max_items=10)
-    s.apply([(ev("a", "keep", 1), 0)])
+    s.apply([(ev("a", "keep", 1), 0, -1)])
     for n in range(1000):  # one user streams 1,000 distinct items: only their last four stay referenced
-        s.apply([(ev("b", f"new{n}", n + 2), 0)])
+        s.apply([(ev("b", f"new{n}", n + 2), 0, -1)])
     assert len(s.items) <= 10
     assert s.items_dropped_total == 0
     batch = s.batch(["a", "b"])
@@ -99,16 +101,16 @@ def test_the_item_table_is_bounded_and_reclaims_items_no_held_user_references():
 
 def test_a_full_item_table_of_referenced_items_keeps_the_event_without_its_item():
     s = state(recent_items=4, max_items=4)
-    s.apply([(ev("a", f"x{n}", n), 0) for n in range(4)])
-    s.apply([(ev("b", "y", 9), 0)])
+    s.apply([(ev("a", f"x{n}", n), 0, -1) for n in range(4)])
+    s.apply([(ev("b", "y", 9), 0, -1)])
     assert s.items_dropped_total == 1 and "b" in s and len(s.items) == 4
 
 
 def test_users_waiting_to_be_scored_are_never_evicted():
     s = state(max_users=2)
-    s.apply([(ev("a", "x", 1), 0)])
+    s.apply([(ev("a", "x", 1), 0, -1)])
     s.batch(["a"])  # a was scored: evictable
-    s.apply([(ev("b", "x", 2), 0), (ev("c", "x", 3), 0)])  # b waits; c needs a slot: a goes, not b
+    s.apply([(ev("b", "x", 2), 0, -1), (ev("c", "x", 3), 0, -1)])  # b waits; c needs a slot: a goes, not b
     assert "b" in s and "c" in s and "a" not in s
     with pytest.raises(RuntimeError, match="wait to be scored"):
-        s.apply([(ev("d", "x", 4), 0)])  # b and c both wait: no one may go
+        s.apply([(ev("d", "x", 4), 0, -1)])  # b and c both wait: no one may go

@@ -1,0 +1,129 @@
+"""The state changelog: each user's state as a record on the compacted `user-state` topic, and
+restoring a worker's partitions from it.
+
+After every flush the worker writes the state of each user it scored (`encode`), to the same
+partition number of `user-state` that the user's events came from, so a worker that is assigned
+events partition p restores exactly `user-state` partition p (`restore`) before it processes any
+event of p. Each record carries the source offset it reflects; events at or below it are
+skipped on replay (`UserState.apply`), which makes restored state equal to state that never
+stopped. Values are Avro (`schemas/user_state.avsc`) in the same single-object encoding as every
+other topic: compact, versioned by schema fingerprint, never pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from stream_worker.codec import SingleObjectCodec
+from stream_worker.config import Settings
+from stream_worker.state import UserSnapshot, UserState
+
+log = logging.getLogger(__name__)
+
+USER_STATE = "user_state"
+_CODEC = SingleObjectCodec(USER_STATE)
+
+
+def encode(snap: UserSnapshot) -> bytes:
+    return _CODEC.encode(
+        {
+            "user_id": snap.user_id,
+            "source_partition": snap.partition,
+            "source_offset": snap.offset,
+            "events_seen": snap.events_seen,
+            "last_event_time": snap.last_event_ms,
+            "last_event_id": snap.last_event_id,
+            "item_ids": snap.item_ids,
+            "weights": snap.weights.astype("<f4").tobytes(),
+            "event_times": snap.times_ms.astype("<i8").tobytes(),
+        }
+    )
+
+
+def decode(value: bytes) -> UserSnapshot:
+    record = _CODEC.decode(value)
+    return UserSnapshot(
+        user_id=record["user_id"],
+        partition=record["source_partition"],
+        offset=record["source_offset"],
+        events_seen=record["events_seen"],
+        last_event_ms=record["last_event_time"],
+        last_event_id=record["last_event_id"],
+        item_ids=record["item_ids"],
+        weights=np.frombuffer(record["weights"], "<f4").astype(np.float32),
+        times_ms=np.frombuffer(record["event_times"], "<i8").astype(np.int64),
+    )
+
+
+@dataclass
+class Restored:
+    users: int  # users put back into state
+    records: int  # changelog records read (older versions and tombstones included)
+    seconds: float
+
+
+def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, timeout_s: float) -> Restored:
+    """Read `user-state` partitions from the beginning to their end and put their users into `state`.
+
+    Per user the record with the highest source offset wins (a zombie worker's late write cannot
+    take a user back in time); a tombstone forgets the user. In exactly-once mode only committed
+    transactions are read. Raises TimeoutError if the end is not reached within `timeout_s`.
+    """
+    started = time.perf_counter()
+    topic = settings.state_topic
+    todo = set(partitions)
+    if not todo:
+        return Restored(0, 0, 0.0)
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": f"{settings.group_id}.restore-{uuid.uuid4().hex[:8]}",  # never commits
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,  # tells us when a partition is read to its end
+            "isolation.level": "read_committed",
+        }
+    )
+    newest: dict[str, UserSnapshot | None] = {}
+    records = 0
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"restoring {topic} partitions {sorted(todo)} did not reach their end within {timeout_s:.0f}s"
+                )
+            for msg in consumer.consume(10_000, timeout=0.5):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(msg.partition())
+                    elif error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        log.warning("restoring %s: %s", topic, error)
+                    continue
+                records += 1
+                user_id = msg.key().decode()
+                if msg.value() is None:
+                    newest[user_id] = None
+                    continue
+                snap = decode(msg.value())
+                held = newest.get(user_id)
+                if held is None or snap.offset >= held.offset or snap.partition != held.partition:
+                    newest[user_id] = snap
+    finally:
+        consumer.close()
+    users = 0
+    for user_id, snap in newest.items():
+        if snap is None:
+            state.forget(user_id)
+        else:
+            state.restore(snap)
+            users += 1
+    return Restored(users, records, time.perf_counter() - started)
