@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test lint bench kafka-start kafka-stop clean
+.PHONY: install demo test faults lint bench kafka-start kafka-stop clean
 
 # A virtualenv with streamrec and its test tools. uv installs it (pip takes minutes for
 # torch's CUDA wheels; uv reuses its cache in ~/.cache/uv and takes seconds the second time).
@@ -22,6 +22,10 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The fault-injection tests alone (kill -9, rebalances; they also run in `make test`).
+faults: install
+	$(BIN)/pytest -m faults -s
 
 lint: install
 	$(BIN)/ruff check .

@@ -181,6 +181,7 @@ class Worker:
             recommendations_topic=settings.recommendations_topic,
             dlq_topic=settings.dlq_topic,
             state_topic=settings.state_topic,
+            source_topic=settings.events_topic,
             metrics=self.metrics,
             dlq_max_bytes=settings.dlq_max_bytes or self._learn_dlq_limit(),
             transactional=self.exactly_once,

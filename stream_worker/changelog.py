@@ -31,10 +31,11 @@ USER_STATE = "user_state"
 _CODEC = SingleObjectCodec(USER_STATE)
 
 
-def encode(snap: UserSnapshot) -> bytes:
+def encode(snap: UserSnapshot, source_topic: str) -> bytes:
     return _CODEC.encode(
         {
             "user_id": snap.user_id,
+            "source_topic": source_topic,
             "source_partition": snap.partition,
             "source_offset": snap.offset,
             "events_seen": snap.events_seen,
@@ -47,9 +48,10 @@ def encode(snap: UserSnapshot) -> bytes:
     )
 
 
-def decode(value: bytes) -> UserSnapshot:
+def decode(value: bytes) -> tuple[str, UserSnapshot]:
+    """(source topic, snapshot)"""
     record = _CODEC.decode(value)
-    return UserSnapshot(
+    return record["source_topic"], UserSnapshot(
         user_id=record["user_id"],
         partition=record["source_partition"],
         offset=record["source_offset"],
@@ -91,7 +93,7 @@ def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, 
         }
     )
     newest: dict[str, UserSnapshot | None] = {}
-    records = 0
+    records = foreign = 0
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
         deadline = time.monotonic() + timeout_s
@@ -113,12 +115,21 @@ def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, 
                 if msg.value() is None:
                     newest[user_id] = None
                     continue
-                snap = decode(msg.value())
+                source, snap = decode(msg.value())
+                if (
+                    source != settings.events_topic
+                ):  # state built from another events topic: its offsets mean nothing here
+                    foreign += 1
+                    continue
                 held = newest.get(user_id)
                 if held is None or snap.offset >= held.offset or snap.partition != held.partition:
                     newest[user_id] = snap
     finally:
         consumer.close()
+    if foreign:
+        log.warning(
+            "ignored %d records of %s built from another events topic than %s", foreign, topic, settings.events_topic
+        )
     users = 0
     for user_id, snap in newest.items():
         if snap is None:

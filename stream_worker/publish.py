@@ -102,6 +102,7 @@ class Publisher:
         dlq_topic: str,
         metrics: WorkerMetrics,
         state_topic: str = "user-state",
+        source_topic: str = "user-events",
         dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
         transactional: bool = False,
         clock: Callable[[], float] = time.time,
@@ -111,6 +112,7 @@ class Publisher:
         self._recommendations_topic = recommendations_topic
         self._dlq_topic = dlq_topic
         self._state_topic = state_topic
+        self._source_topic = source_topic
         self.transactional = transactional
         self._in_transaction = False
         self._offsets_sent = False
@@ -171,7 +173,7 @@ class Publisher:
             record = _Record(
                 self._state_topic,
                 snap.user_id.encode(),
-                changelog.encode(snap),
+                changelog.encode(snap, self._source_topic),
                 None,
                 "state",
                 partition=snap.partition,

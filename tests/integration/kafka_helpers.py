@@ -118,7 +118,8 @@ def read_topic(
 def read_recommendations(settings: Settings, start: dict[int, int] | None = None) -> list[dict]:
     """Decoded recommendation records, oldest first within each partition (so within each user)."""
     codec = make_codec(RECOMMENDATION, settings.recommendations_topic, settings.schema_registry_url)
-    return [codec.decode(r.value) for r in read_topic(settings, settings.recommendations_topic, start)]
+    records = read_topic(settings, settings.recommendations_topic, start)
+    return [codec.decode(r.value) for r in records if r.value is not None]  # (None: a forgotten user's tombstone)
 
 
 def newest_per_user(records: list[dict]) -> dict[str, dict]:
