@@ -58,7 +58,16 @@ def committed_and_end_offsets(settings: Settings, timeout_s: float = 10) -> tupl
     """The worker group's committed offsets on the events topic (-1001 = none yet), and the
     topic's end offsets, by partition: the group has caught up when the two are equal."""
     topic = settings.events_topic
-    consumer = Consumer({**settings.kafka_common(), "group.id": settings.group_id, "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            # read_committed would wait for stable offsets, and under exactly-once a transaction is
+            # nearly always open: read the newest commit instead (a progress view, not a guarantee).
+            "isolation.level": "read_uncommitted",
+        }
+    )
     try:
         partitions = [
             TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions

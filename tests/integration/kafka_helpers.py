@@ -42,7 +42,11 @@ def _holds(condition: Callable[[], bool]) -> bool:
         return condition()
     except KafkaException as exc:
         error = exc.args[0]
-        if error.retriable() or error.code() in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS):
+        if error.retriable() or error.code() in (
+            KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError._TIMED_OUT,
+        ):
             return False
         raise
 
