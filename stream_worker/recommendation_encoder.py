@@ -102,9 +102,7 @@ class RecommendationEncoder:
         return [data[bounds[b] : bounds[b + 1]] for b in range(n_users)]
 
 
-def record(
-    batch: StateBatch, ranked: Ranked, b: int, model_name: str, model_version: int, generated_at: int
-) -> dict:
+def record(batch: StateBatch, ranked: Ranked, b: int, model_name: str, model_version: int, generated_at: int) -> dict:
     """User b's Recommendation record as a dict (what the codec encodes)."""
     return {
         "user_id": batch.user_ids[b],

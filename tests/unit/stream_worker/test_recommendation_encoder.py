@@ -32,9 +32,7 @@ def test_batch_encoding_is_byte_identical_to_the_codec_and_decodes_to_the_same_r
     values = RecommendationEncoder(codec).encode(
         batch, ranked, model_name="multvae", model_version=300, generated_at=1_764_000_000_999
     )
-    expected = [
-        record(batch, ranked, b, "multvae", 300, 1_764_000_000_999) for b in range(len(batch.user_ids))
-    ]
+    expected = [record(batch, ranked, b, "multvae", 300, 1_764_000_000_999) for b in range(len(batch.user_ids))]
     assert values == [codec.encode(r) for r in expected]
     decoded = [codec.decode(v) for v in values]
     assert [d["items"] for d in decoded] == [
