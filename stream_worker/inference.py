@@ -12,6 +12,7 @@ object per user or item is made here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -40,14 +41,15 @@ class Ranked:
         n = int(self.counts[b])
         return list(zip(self.top_ids[b, :n].tolist(), self.top_scores[b, :n].tolist(), strict=True))
 
-    # Per-user lists, the shape callers used before the arrays: a Python loop over users, kept
-    # only until publishing encodes from the arrays (stream_worker.recommendation_encoder).
+    # Per-user lists, the shape callers used before the arrays: a Python loop over users (made
+    # once per batch, on first use), kept only until publishing encodes from the arrays
+    # (stream_worker.recommendation_encoder).
 
-    @property
+    @cached_property
     def item_ids(self) -> list[list[str]]:
         return [self.top_ids[b, :n].tolist() for b, n in enumerate(self.counts.tolist())]
 
-    @property
+    @cached_property
     def scores(self) -> list[list[float]]:
         return [self.top_scores[b, :n].tolist() for b, n in enumerate(self.counts.tolist())]
 
