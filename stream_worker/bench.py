@@ -333,7 +333,9 @@ def stage_breakdown(before: dict[str, float], after: dict[str, float]) -> dict[s
     out: dict[str, float] = {}
     for stage in ("decode", "state", "batch_wait", "inference", "publish", "commit"):
         n = delta(f"streamrec_stage_duration_seconds_count{{stage={stage}}}")
-        out[f"{stage} ms"] = 1000 * delta(f"streamrec_stage_duration_seconds_sum{{stage={stage}}}") / n if n else 0.0
+        total = delta(f"streamrec_stage_duration_seconds_sum{{stage={stage}}}")
+        out[f"{stage} ms"] = 1000 * total / n if n else 0.0
+        out[f"{stage} s total"] = total
     batches = delta("streamrec_batch_users_count")
     out["users per batch"] = delta("streamrec_batch_users_sum") / batches if batches else 0.0
     out["batches"] = batches
@@ -577,8 +579,12 @@ def run_bench(
         "model b1 sparse / dense": s["model b1 sparse users/s"] / s["model b1 dense users/s"],
         "model b256 / b1 (sparse)": s["model b256 sparse users/s"] / s["model b1 sparse users/s"],
         "batch encoder / codec": s["encode (batch encoder) lists/s"] / s["encode (codec) lists/s"],
-        "drain / consume limit": results.drain["events/s"] / s["consume events/s"],
-        "drain / decode limit": results.drain["events/s"] / s["decode events/s"],
+        # Model vs the other stage limits (events or lists per second over users per second):
+        # how many times faster than the model each of the worker's other stages is.
+        **{
+            f"{name} / model b256 sparse": s[name] / s["model b256 sparse users/s"]
+            for name in ("consume events/s", "decode events/s", "state events/s", "encode+produce lists/s")
+        },
     }
     (out_dir / "bench.json").write_text(json.dumps(asdict(results), indent=1))
     plot(results, out_dir / "bench.png")
@@ -591,12 +597,17 @@ def table(results: Results) -> str:
     lines = [f"{'stage limit (each stage alone)':<44}{'per second':>14}"]
     lines += [f"{name:<44}{value:>14,.0f}" for name, value in results.stages.items()]
     d = results.drain
+    wall = d["seconds first event to all committed"]
+    loop_stages = ("decode", "state", "inference", "publish", "commit")  # one after another in the loop
     lines += [
         "",
         f"{'worker draining the backlog, events/s':<44}{d['events/s']:>14,.0f}",
         f"{'naive per-event consumer, events/s':<44}{results.naive_events_per_s:>14,.0f}",
         f"  per flush while draining: {d['users per batch']:.0f} users/batch, batch_wait {d['batch_wait ms']:.1f} ms, "
         f"inference {d['inference ms']:.1f} ms, publish {d['publish ms']:.1f} ms, commit {d['commit ms']:.1f} ms",
+        "  share of the drain's wall time: "
+        + ", ".join(f"{stage} {d[f'{stage} s total'] / wall:.0%}" for stage in loop_stages)
+        + f", the rest (polling, loop) {1 - sum(d[f'{stage} s total'] for stage in loop_stages) / wall:.0%}",
         "",
         f"{'rate':>6} {'achieved':>9} {'lists':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'gen p50':>8} {'gen p99':>8} {'users/batch':>12} {'wait':>6} {'infer':>6} {'publ':>6} {'commit':>7}",
@@ -614,7 +625,7 @@ def table(results: Results) -> str:
         " wait/infer/publ/commit: the worker's mean ms per batch or flush over the run, from its /metrics)",
         "",
     ]
-    lines += [f"{name:<44}{value:>13.1f}x" for name, value in results.ratios.items()]
+    lines += [f"{name:<44}{value:>13.2f}x" for name, value in results.ratios.items()]
     return "\n".join(lines)
 
 
