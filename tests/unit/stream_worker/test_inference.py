@@ -116,4 +116,4 @@ def test_sparse_and_dense_scoring_serve_the_same_lists_with_a_real_mult_vae():
     assert np.array_equal(sparse.index, dense.index)
     np.testing.assert_allclose(sparse.top_scores, dense.top_scores, rtol=1e-5, atol=1e-5)
     seen = {b: set(batch.item_codes[b][batch.item_codes[b] >= 0].tolist()) for b in range(40)}
-    assert all(not {s.items.code_of[i] for i in sparse.top_ids[b]} & seen[b] for b in range(40))
+    assert all(not {s.items.code_of.get(i, -1) for i in sparse.top_ids[b]} & seen[b] for b in range(40))
