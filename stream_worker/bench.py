@@ -587,9 +587,10 @@ def run_bench(
         },
     }
     (out_dir / "bench.json").write_text(json.dumps(asdict(results), indent=1))
+    (out_dir / "bench.md").write_text(markdown(results))
     plot(results, out_dir / "bench.png")
     say(table(results))
-    say(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
+    say(f"wrote {out_dir / 'bench.json'}, bench.md (the tables for README) and bench.png")
     return results
 
 
@@ -627,6 +628,39 @@ def table(results: Results) -> str:
     ]
     lines += [f"{name:<44}{value:>13.2f}x" for name, value in results.ratios.items()]
     return "\n".join(lines)
+
+
+def markdown(results: Results) -> str:
+    """The headline figures as Markdown tables (what README's Results section shows)."""
+    s, d = results.stages, results.drain
+    rows = [
+        "| figure | dense input | sparse (embedding bag) | sparse / dense |",
+        "|---|---:|---:|---:|",
+    ]
+    for b in (1, 256):
+        dense, sparse = s[f"model b{b} dense users/s"], s[f"model b{b} sparse users/s"]
+        rows.append(f"| model only, batch {b}, users/s | {dense:,.0f} | {sparse:,.0f} | {sparse / dense:.2f}x |")
+    rows += [
+        "",
+        "| figure | per second |",
+        "|---|---:|",
+        *[f"| stage limit: {name} | {value:,.0f} |" for name, value in s.items()],
+        f"| **worker draining the backlog, events/s** | **{d['events/s']:,.0f}** |",
+        f"| naive per-event consumer, events/s | {results.naive_events_per_s:,.0f} |",
+        f"| drain / naive | {results.ratios['drain / naive']:.1f}x |",
+        "",
+        "| rate (events/s) | lists | p50 ms | p90 ms | p99 ms | generated_at p50 / p99 ms | users/batch | "
+        "batch wait / inference / publish / commit ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.rates:
+        rows.append(
+            f"| {r['rate']:g} | {r['lists']:,} | {r['latency p50 ms']:.0f} | {r['latency p90 ms']:.0f} | "
+            f"{r['latency p99 ms']:.0f} | {r['event to generated_at p50 ms']:.0f} / "
+            f"{r['event to generated_at p99 ms']:.0f} | {r['users per batch']:.0f} | {r['batch_wait ms']:.0f} / "
+            f"{r['inference ms']:.0f} / {r['publish ms']:.0f} / {r['commit ms']:.0f} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def plot(results: Results, path: Path) -> None:
