@@ -1,12 +1,11 @@
 """The one interface every recommender in `models/` implements.
 
 A recommender is fitted on a user x item interaction matrix and then scores batches of
-user histories over the whole catalog. Nothing here knows about Kafka: the stream worker
-hands `score` a dense (B, n_items) tensor built from its rolling per-user state, and the
-offline evaluation hands it rows of a held-out matrix. Higher score = better.
-The worker calls `score_bag` instead: each user's history as a short bag of (item, weight)
-pairs, which models whose first layer is linear in the history compute without ever
-building the (B, n_items) input (an embedding bag); the others get it densified.
+user histories over the whole catalog. Higher score = better. Nothing here knows about
+Kafka: the offline evaluation hands `score` rows of a held-out matrix as a dense (B, n_items)
+tensor; the stream worker calls `score_bag` with each user's rolling state as a short bag of
+(item, weight) pairs, which models whose first layer is linear in the history compute
+without building the (B, n_items) input (an embedding bag); the others get it densified.
 
 Every model keeps its learned parameters as named tensors (`tensors()`) and its
 hyperparameters as a dataclass (`config`), which is all `models.checkpoint` needs to save

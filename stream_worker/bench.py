@@ -608,7 +608,7 @@ def table(results: Results) -> str:
         f"inference {d['inference ms']:.1f} ms, publish {d['publish ms']:.1f} ms, commit {d['commit ms']:.1f} ms",
         "  share of the drain's wall time: "
         + ", ".join(f"{stage} {d[f'{stage} s total'] / wall:.0%}" for stage in loop_stages)
-        + f", the rest (polling, loop) {1 - sum(d[f'{stage} s total'] for stage in loop_stages) / wall:.0%}",
+        + f", the rest (polling, loop) {max(1 - sum(d[f'{stage} s total'] for stage in loop_stages) / wall, 0):.0%}",
         "",
         f"{'rate':>6} {'achieved':>9} {'lists':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'gen p50':>8} {'gen p99':>8} {'users/batch':>12} {'wait':>6} {'infer':>6} {'publ':>6} {'commit':>7}",
