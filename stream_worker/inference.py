@@ -36,6 +36,25 @@ class Ranked:
     counts: np.ndarray  # (B,) int64: valid entries per row
     vocabulary: np.ndarray  # (n_items,) object (str): the serving model's item ids (shared, not copied)
 
+    @classmethod
+    def from_lists(cls, item_ids: list[list[str]], scores: list[list[float]]) -> Ranked:
+        """The arrays for per-user lists given by hand (tests; callers without a model)."""
+        vocabulary = np.array(sorted({item for row in item_ids for item in row}), dtype=object)
+        position = {item: n for n, item in enumerate(vocabulary.tolist())}
+        k = max((len(row) for row in item_ids), default=0)
+        index = np.full((len(item_ids), k), -1, np.int64)
+        top_scores = np.full((len(item_ids), k), -np.inf, np.float32)
+        for b, (ids, row_scores) in enumerate(zip(item_ids, scores, strict=True)):
+            index[b, : len(ids)] = [position[item] for item in ids]
+            top_scores[b, : len(ids)] = row_scores
+        return cls(
+            index=index,
+            top_ids=np.append(vocabulary, "")[index],
+            top_scores=top_scores,
+            counts=np.array([len(row) for row in item_ids], np.int64),
+            vocabulary=vocabulary,
+        )
+
     def row(self, b: int) -> list[tuple[str, float]]:
         """User b's list as (item id, score) pairs (for tests and per-record callers, not the hot path)."""
         n = int(self.counts[b])

@@ -5,7 +5,7 @@ from models.base import Recommender
 from models.checkpoint import CheckpointMetadata, LoadedModel
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.inference import Inference
+from stream_worker.inference import Inference, Ranked
 from stream_worker.state import UserState
 
 
@@ -117,3 +117,10 @@ def test_sparse_and_dense_scoring_serve_the_same_lists_with_a_real_mult_vae():
     np.testing.assert_allclose(sparse.top_scores, dense.top_scores, rtol=1e-5, atol=1e-5)
     seen = {b: set(batch.item_codes[b][batch.item_codes[b] >= 0].tolist()) for b in range(40)}
     assert all(not {s.items.code_of.get(i, -1) for i in sparse.top_ids[b]} & seen[b] for b in range(40))
+
+
+def test_ranked_from_lists_pads_short_rows():
+    ranked = Ranked.from_lists([["b", "a"], ["c"], []], [[2.0, 1.0], [0.5], []])
+    assert ranked.counts.tolist() == [2, 1, 0]
+    assert ranked.item_ids == [["b", "a"], ["c"], []] and ranked.scores == [[2.0, 1.0], [0.5], []]
+    assert ranked.top_ids.tolist() == [["b", "a"], ["c", ""], ["", ""]]

@@ -20,7 +20,7 @@ def test_an_unacknowledged_record_raises_instead_of_letting_offsets_be_committed
     batch = StateBatch(
         ["u"], np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32), np.array([1]), np.array([5]), ["e"]
     )
-    publisher.recommendations(batch, Ranked([["i"]], [[1.0]]), model_name="m", model_version=1)
+    publisher.recommendations(batch, Ranked.from_lists([["i"]], [[1.0]]), model_name="m", model_version=1)
     with pytest.raises(DeliveryError, match="1 failed"):
         publisher.wait_delivered(timeout_s=10)
     assert metrics.recommendations._value.get() == 0
