@@ -78,7 +78,7 @@ def check_sparse_path(device: str, n_items: int = 3706, n_users: int = 2048, len
     return figures
 
 
-def main(device: str = "cuda") -> None:
+def main(device: str = "cuda", epochs: int = 20) -> None:
     if device == "cuda":
         assert torch.cuda.is_available(), "no GPU visible to torch (use --device cpu for the CPU-only checks)"
         print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
@@ -92,10 +92,10 @@ def main(device: str = "cuda") -> None:
     devices = list(dict.fromkeys([device, "cpu"]))
     for where in devices:
         started = time.perf_counter()
-        model, report = train_model("multvae", X, device=where, epochs=20, seed=0)
+        model, report = train_model("multvae", X, device=where, epochs=epochs, seed=0)
         sync(where)
         timings[where] = time.perf_counter() - started
-        print(f"train 20 epochs on {where}: {timings[where]:.1f}s (final loss {report.curve[-1]['loss']:.1f})")
+        print(f"train {epochs} epochs on {where}: {timings[where]:.1f}s (final loss {report.curve[-1]['loss']:.1f})")
         if where == device:
             with tempfile.TemporaryDirectory() as tmp:
                 path = checkpoint.save(model, Path(tmp), item_ids=world.item_ids(), name="multvae")
@@ -108,8 +108,10 @@ def main(device: str = "cuda") -> None:
     )
     state.apply((event, 0) for event in world.events(100_000, seed=2, start_ms=0))
     user_ids = [world.user_id(u) for u in range(world.n_users) if world.user_id(u) in state]
-    served = {where: Inference(loaded, state.items, torch.device(where), top_k=20) for where, loaded in
-              (("device", on_device), ("cpu", on_cpu))}  # fmt: skip
+    served = {
+        "device": Inference(on_device, state.items, torch.device(device), top_k=20),
+        "cpu": Inference(on_cpu, state.items, torch.device("cpu"), top_k=20),
+    }
     lists_by_device = {}
     for where, inference in served.items():
         inference.recommend(state.batch(user_ids[:256]))  # warm-up
@@ -141,4 +143,6 @@ def main(device: str = "cuda") -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    main(parser.parse_args().device)
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (fewer for a quick CPU check)")
+    args = parser.parse_args()
+    main(args.device, args.epochs)
