@@ -345,8 +345,15 @@ def bench(
 
     if device not in ("cpu", "cuda"):
         _fail(f"--device must be cpu or cuda, not {device!r}.", 2)
+    import torch
+    from confluent_kafka import KafkaException
+
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda was asked for but torch sees no GPU; run with --device cpu.", 2)
     config = quick_or_full(quick, device=device, seconds_per_rate=seconds_per_rate)
     try:
         run_bench(config, out, bootstrap_servers=bootstrap_servers)
     except KafkaStartError as exc:
         _fail(str(exc), 1)
+    except (KafkaException, RuntimeError) as exc:  # e.g. the broker went away, the worker exited
+        _fail(f"The benchmark stopped: {exc}", 1)
