@@ -31,9 +31,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Speed of the scoring path, micro-batched against one user per model call (prints figures).
+# End-to-end speed on a local broker: stage limits, naive consumer, drain, latency per rate
+# (prints a table; runs/bench/bench.json and bench.png). A few minutes.
 bench: install
-	$(BIN)/python -m tests.benchmarks.bench_inference --threads 1 2
+	$(BIN)/streamrec bench
 
 kafka-start: install
 	$(BIN)/streamrec kafka start

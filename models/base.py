@@ -1,9 +1,11 @@
 """The one interface every recommender in `models/` implements.
 
 A recommender is fitted on a user x item interaction matrix and then scores batches of
-user histories over the whole catalog. Nothing here knows about Kafka: the stream worker
-hands `score` a dense (B, n_items) tensor built from its rolling per-user state, and the
-offline evaluation hands it rows of a held-out matrix. Higher score = better.
+user histories over the whole catalog. Higher score = better. Nothing here knows about
+Kafka: the offline evaluation hands `score` rows of a held-out matrix as a dense (B, n_items)
+tensor; the stream worker calls `score_bag` with each user's rolling state as a short bag of
+(item, weight) pairs, which models whose first layer is linear in the history compute
+without building the (B, n_items) input (an embedding bag); the others get it densified.
 
 Every model keeps its learned parameters as named tensors (`tensors()`) and its
 hyperparameters as a dataclass (`config`), which is all `models.checkpoint` needs to save
@@ -20,6 +22,8 @@ from typing import Any, ClassVar
 
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -70,6 +74,15 @@ class Recommender(abc.ABC):
         choice (the worker and the evaluation both do it).
         """
 
+    def score_bag(self, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Scores (B, n_items) for histories given as bags: `index` (B, L) int64 item indices,
+        -1 = an empty slot, `weights` (B, L) float32 (repeated items add up, as in the dense row).
+
+        The same scores as `score(densify_bag(...))` up to float rounding. This default builds
+        the dense input; models with a sparse first layer override it.
+        """
+        return self.score(densify_bag(index, weights, self.n_items))
+
     @abc.abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every learned parameter and buffer, by name, for saving."""
@@ -85,6 +98,57 @@ class Recommender(abc.ABC):
 
     def hyperparameters(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+def densify_bag(index: torch.Tensor, weights: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The dense (B, n_items) rows of bags (see `score_bag`); repeated items add up, -1 is skipped."""
+    known = index >= 0
+    x = torch.zeros(index.shape[0], n_items, device=index.device, dtype=weights.dtype)  # (B, I)
+    # Empty slots add 0 to item 0, which changes nothing.
+    return x.scatter_add_(1, torch.where(known, index, 0), torch.where(known, weights, 0))
+
+
+def merge_repeats(index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same bags with each item once: (index, weights), both (B, L).
+
+    Within each row, the first slot of each distinct item carries the summed weight of all
+    its slots; every other slot (repeats and empties) gets index 0 and weight 0, so an
+    embedding bag over the result equals one over the original, and a function of each item's
+    total (a norm, a 0/1 indicator) can be applied slot-wise. O(B L log L): sort, then a
+    scatter-add per run of equal items.
+    """
+    weights = torch.where(index >= 0, weights, 0)
+    sorted_index, order = index.sort(dim=1)  # (B, L), empties (-1) first
+    sorted_weights = weights.gather(1, order)  # (B, L)
+    starts = torch.ones_like(sorted_index, dtype=torch.bool)  # (B, L): first slot of each run
+    starts[:, 1:] = sorted_index[:, 1:] != sorted_index[:, :-1]
+    run = starts.cumsum(dim=1) - 1  # (B, L): which run a slot belongs to, 0, 1, 2, ... per row
+    totals = torch.zeros_like(sorted_weights).scatter_add_(1, run, sorted_weights)  # (B, L) per run
+    keep = starts & (sorted_index >= 0)
+    merged_weights = torch.where(keep, totals.gather(1, run), 0)
+    return torch.where(keep, sorted_index, 0), merged_weights
+
+
+class BagLinear:
+    """`linear(densify_bag(index, weights))` without the dense input: a gather-sum of the
+    weight's columns (an embedding bag), O(B L H) instead of O(B n_items H).
+
+    The embedding bag wants the weight as (n_items, H) rows, so a transposed copy is kept and
+    made again whenever the weight changes (training, loading, moving to another device).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._rows = torch.empty(0)
+
+    def __call__(self, linear: nn.Linear, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, H) for bags whose empty slots already have index 0 and weight 0 (see merge_repeats)."""
+        w = linear.weight  # (H, I)
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if key != self._key:
+            self._rows, self._key = w.detach().t().contiguous(), key  # (I, H)
+        h = F.embedding_bag(index, self._rows, per_sample_weights=weights.to(self._rows.dtype), mode="sum")
+        return h if linear.bias is None else h + linear.bias  # (B, H)
 
 
 # kind -> class; filled by `register` in each model module and read by checkpoint loading

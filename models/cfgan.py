@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import EpochCallback, FitReport, Recommender, register
+from models.base import BagLinear, EpochCallback, FitReport, Recommender, merge_repeats, register
 
 
 @dataclass
@@ -91,10 +91,12 @@ class CFGAN(Recommender):
         assert c.scheme in ("ZR", "PM", "ZP"), f"scheme must be ZR, PM or ZP, got {c.scheme!r}"
         self.G = _mlp(n_items, c.hidden_dim_G, c.hidden_layers_G, n_items)  # c_u -> r_hat_u
         self.D = _mlp(2 * n_items, c.hidden_dim_D, c.hidden_layers_D, 1)  # (c_u, r_u) -> logit of "real"
+        self._first_layer = BagLinear()
 
     def to(self, device: torch.device | str) -> CFGAN:
         self.G.to(device)
         self.D.to(device)
+        self._first_layer = BagLinear()
         return super().to(device)
 
     def _negatives(self, x: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
@@ -171,6 +173,14 @@ class CFGAN(Recommender):
         self.G.eval()
         return self.G((X > 0).float())  # (B, I): r_hat_u; the condition is the 0/1 purchase vector
 
+    @torch.inference_mode()
+    def score_bag(self, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`score` of the bags' dense rows, with G's first layer as a gather-sum over <= L items."""
+        self.G.eval()
+        index, weights = merge_repeats(index, weights)  # (B, L): each item once, with its total weight
+        purchased = (weights > 0).float()  # (B, L): the 0/1 condition, as (X > 0) in `score`
+        return self.G[1:](self._first_layer(self.G[0], index, purchased))  # (B, I)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         # D is saved too, so a checkpoint can resume adversarial training, not only serve.
         return {
@@ -181,3 +191,4 @@ class CFGAN(Recommender):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
         self.D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
+        self._first_layer = BagLinear()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import EpochCallback, FitReport, Recommender, register
+from models.base import BagLinear, EpochCallback, FitReport, Recommender, merge_repeats, register
 
 
 @dataclass
@@ -77,8 +77,11 @@ class _Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.drop(F.normalize(x, dim=1))  # (B, I), unit L2 norm per user, then corrupted
-        h = torch.tanh(self.q_layers[0](h))  # (B, H)
-        h = self.q_layers[1](h)  # (B, 2D) or (B, D)
+        return self.encode_first_layer(self.q_layers[0](h))
+
+    def encode_first_layer(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rest of the q-network from the first layer's pre-activation a (B, H)."""
+        h = self.q_layers[1](torch.tanh(a))  # (B, 2D) or (B, D)
         if not self.variational:
             return torch.tanh(h), None  # the DAE's tanh bottleneck
         mu_q, logvar_q = h[:, : self.latent_dim], h[:, self.latent_dim :]  # (B, D) each
@@ -110,9 +113,11 @@ class MultVAE(Recommender):
         c = self.config
         assert c.latent_dim > 0 and c.hidden_dim > 0, f"layer sizes must be positive, got {c}"
         self.net = _Autoencoder(n_items, c.hidden_dim, c.latent_dim, c.dropout, self.variational)
+        self._first_layer = BagLinear()
 
     def to(self, device: torch.device | str) -> MultVAE:
         self.net.to(device)
+        self._first_layer = BagLinear()
         return super().to(device)
 
     def beta(self, update_count: int) -> float:
@@ -165,11 +170,23 @@ class MultVAE(Recommender):
         mu_q, _ = self.net.encode(X)  # dropout is off in eval mode
         return self.net.decode(mu_q)  # (B, I) logits; softmax would not change the ranking
 
+    @torch.inference_mode()
+    def score_bag(self, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`score` of the bags' dense rows, with the first layer as a gather-sum over <= L items."""
+        self.net.eval()
+        index, weights = merge_repeats(index, weights)  # (B, L): each item once, with its total weight
+        # F.normalize divides the dense row by max(||x||_2, 1e-12); ||x|| is over item totals,
+        # which merge_repeats made (repeats of an item add up before squaring, as in the row).
+        norm = weights.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1)
+        mu_q, _ = self.net.encode_first_layer(self._first_layer(self.net.q_layers[0], index, weights / norm))
+        return self.net.decode(mu_q)  # (B, I)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.net.state_dict())
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict(tensors)
+        self._first_layer = BagLinear()
 
 
 @register

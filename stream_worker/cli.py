@@ -343,3 +343,39 @@ def demo(
     except KafkaStartError as exc:
         _fail(str(exc), 1)
     raise typer.Exit(code)
+
+
+# --- benchmark -----------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="A smoke test of every phase in under a minute")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda, for the model stages and the worker")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Where bench.json, bench.png and worker.log go")] = Path("runs/bench"),
+    seconds_per_rate: Annotated[float | None, typer.Option(help="Seconds of events at each rate")] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option("--bootstrap-servers", "-b", help="Use this broker instead of starting one")
+    ] = None,
+) -> None:
+    """End-to-end speed on a Kafka broker: stage limits, a naive consumer, the worker draining a
+    backlog, latency at 250/500/1000 events/s; prints a table, writes JSON and a PNG.
+
+    streamrec bench --quick
+    """
+    from stream_worker.bench import quick_or_full, run_bench
+
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device must be cpu or cuda, not {device!r}.", 2)
+    import torch
+    from confluent_kafka import KafkaException
+
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda was asked for but torch sees no GPU; run with --device cpu.", 2)
+    config = quick_or_full(quick, device=device, seconds_per_rate=seconds_per_rate)
+    try:
+        run_bench(config, out, bootstrap_servers=bootstrap_servers)
+    except KafkaStartError as exc:
+        _fail(str(exc), 1)
+    except (KafkaException, RuntimeError) as exc:  # e.g. the broker went away, the worker exited
+        _fail(f"The benchmark stopped: {exc}", 1)

@@ -2,34 +2,87 @@
 
 The state speaks in its own item codes; the model in its own vocabulary (the checkpoint's
 `item_ids`). A lookup array maps one to the other and is extended as new items appear, so
-per batch only (B, L) codes and weights travel to the device, where the dense (B, n_items)
-input is scattered together, scored, masked and reduced to (B, K) before coming back.
+per batch only (B, L) indices and weights travel to the device. There the model scores the
+bags (`Recommender.score_bag`: Mult-VAE/DAE and CFGAN never build the dense (B, n_items)
+input), the user's own items are set to -inf at their (B, L) positions only, and top-K
+reduces the scores to (B, K) before they come back. The result stays in arrays: no Python
+object per user or item is made here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
+from models.base import Recommender
 from models.checkpoint import LoadedModel
 from stream_worker.state import ItemCodes, StateBatch
 
 
 @dataclass
 class Ranked:
-    """Top-K per user: item ids and scores, best first (fewer than K if the catalog runs out)."""
+    """Top-K per user, best first, as arrays.
 
-    item_ids: list[list[str]]
-    scores: list[list[float]]
+    Row b holds `counts[b]` valid entries (fewer than K only when the user has seen nearly
+    the whole catalog); the entries after them are padding (index -1, id "", score -inf).
+    """
+
+    index: np.ndarray  # (B, K) int64: the items' indices in `vocabulary`, -1 = padding
+    top_ids: np.ndarray  # (B, K) object (str): vocabulary[index], "" = padding
+    top_scores: np.ndarray  # (B, K) float32
+    counts: np.ndarray  # (B,) int64: valid entries per row
+    vocabulary: np.ndarray  # (n_items,) object (str): the serving model's item ids (shared, not copied)
+
+    @classmethod
+    def from_lists(cls, item_ids: list[list[str]], scores: list[list[float]]) -> Ranked:
+        """The arrays for per-user lists given by hand (tests; callers without a model)."""
+        vocabulary = np.array(sorted({item for row in item_ids for item in row}), dtype=object)
+        position = {item: n for n, item in enumerate(vocabulary.tolist())}
+        k = max((len(row) for row in item_ids), default=0)
+        index = np.full((len(item_ids), k), -1, np.int64)
+        top_scores = np.full((len(item_ids), k), -np.inf, np.float32)
+        for b, (ids, row_scores) in enumerate(zip(item_ids, scores, strict=True)):
+            index[b, : len(ids)] = [position[item] for item in ids]
+            top_scores[b, : len(ids)] = row_scores
+        return cls(
+            index=index,
+            top_ids=np.append(vocabulary, "")[index],
+            top_scores=top_scores,
+            counts=np.array([len(row) for row in item_ids], np.int64),
+            vocabulary=vocabulary,
+        )
+
+    def row(self, b: int) -> list[tuple[str, float]]:
+        """User b's list as (item id, score) pairs (for tests and per-record callers, not the hot path)."""
+        n = int(self.counts[b])
+        return list(zip(self.top_ids[b, :n].tolist(), self.top_scores[b, :n].tolist(), strict=True))
+
+    # Per-user lists, the shape callers used before the arrays: a Python loop over users (made
+    # once per batch, on first use), kept only until publishing encodes from the arrays
+    # (stream_worker.recommendation_encoder).
+
+    @cached_property
+    def item_ids(self) -> list[list[str]]:
+        return [self.top_ids[b, :n].tolist() for b, n in enumerate(self.counts.tolist())]
+
+    @cached_property
+    def scores(self) -> list[list[float]]:
+        return [self.top_scores[b, :n].tolist() for b, n in enumerate(self.counts.tolist())]
 
 
 class Inference:
-    def __init__(self, loaded: LoadedModel, items: ItemCodes, device: torch.device, top_k: int) -> None:
+    def __init__(
+        self, loaded: LoadedModel, items: ItemCodes, device: torch.device, top_k: int, *, sparse: bool = True
+    ) -> None:
+        """`sparse=False` scores through the dense (B, n_items) input for every model kind
+        (what `streamrec bench` compares against); the lists are the same up to float rounding."""
         self.items = items
         self.device = device
         self.top_k = top_k
+        self.sparse = sparse
         self.swap(loaded)
 
     def swap(self, loaded: LoadedModel) -> None:
@@ -37,6 +90,7 @@ class Inference:
         self.loaded = loaded
         self.model = loaded.model.to(self.device)
         self.vocabulary = np.array(loaded.metadata.item_ids, dtype=object)
+        self._padded_vocabulary = np.append(self.vocabulary, "")  # index -1 looks up ""
         self._index_of = {item_id: i for i, item_id in enumerate(loaded.metadata.item_ids)}
         # state item code -> model index (-1 = unknown); the last entry is a -1 sentinel, so
         # that code -1 (an empty ring slot) looks up -1 too.
@@ -54,24 +108,28 @@ class Inference:
     def recommend(self, batch: StateBatch) -> Ranked:
         n_users, n_items = len(batch.user_ids), self.model.n_items
         index = self._model_index(batch.item_codes)  # (B, L), -1 = empty or unknown to the model
-        known = index >= 0
-        rows = torch.from_numpy(np.nonzero(known)[0]).to(self.device)
-        cols = torch.from_numpy(index[known]).to(self.device)
-        weights = torch.from_numpy(batch.weights[known]).to(self.device)
+        weights = np.where(index >= 0, batch.weights, 0).astype(np.float32)  # (B, L)
+        # Flat positions of the user's own items in the (B, n_items) scores, to mask them.
+        seen = (np.arange(n_users)[:, None] * n_items + index)[index >= 0]  # (n_seen,)
+        k = min(self.top_k, n_items)
 
         with torch.inference_mode():
-            x = torch.zeros(n_users, n_items, device=self.device)  # (B, n_items)
-            x.index_put_((rows, cols), weights, accumulate=True)  # repeated items add up
-            scores = self.model.score(x).float()  # (B, n_items)
-            scores[rows, cols] = -torch.inf  # never recommend what the user already has
-            k = min(self.top_k, n_items)
+            index_t = torch.from_numpy(index).to(self.device)
+            weights_t = torch.from_numpy(weights).to(self.device)
+            score_bag = self.model.score_bag if self.sparse else lambda i, w: Recommender.score_bag(self.model, i, w)
+            scores = score_bag(index_t, weights_t).float()  # (B, n_items)
+            scores.view(-1).index_fill_(0, torch.from_numpy(seen).to(self.device), -torch.inf)
             top_scores, top_index = torch.topk(scores, k, dim=1)  # (B, k)
         top_scores, top_index = top_scores.cpu().numpy(), top_index.cpu().numpy()
 
-        keep = np.isfinite(top_scores)  # False where a user has seen nearly the whole catalog
+        valid = np.isfinite(top_scores)  # (B, k); sorted best first, so the valid ones lead each row
+        top_index = np.where(valid, top_index, -1)
         return Ranked(
-            item_ids=[self.vocabulary[top_index[b][keep[b]]].tolist() for b in range(n_users)],
-            scores=[top_scores[b][keep[b]].tolist() for b in range(n_users)],
+            index=top_index,
+            top_ids=self._padded_vocabulary[top_index],
+            top_scores=top_scores,
+            counts=valid.sum(axis=1),
+            vocabulary=self.vocabulary,
         )
 
     def _model_index(self, codes: np.ndarray) -> np.ndarray:

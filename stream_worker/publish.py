@@ -28,6 +28,7 @@ from stream_worker import changelog
 from stream_worker.codec import Codec
 from stream_worker.inference import Ranked
 from stream_worker.metrics import WorkerMetrics
+from stream_worker.recommendation_encoder import RecommendationEncoder
 from stream_worker.state import StateBatch, UserSnapshot
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class Publisher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._producer = producer
-        self._codec = codec
+        self._encoder = RecommendationEncoder(codec)
         self._recommendations_topic = recommendations_topic
         self._dlq_topic = dlq_topic
         self._state_topic = state_topic
@@ -127,30 +128,17 @@ class Publisher:
     # --- producing ------------------------------------------------------------------------
 
     def recommendations(self, batch: StateBatch, ranked: Ranked, *, model_name: str, model_version: int) -> None:
-        generated_at = int(self._clock() * 1000)
-        for b, user_id in enumerate(batch.user_ids):
-            value = self._codec.encode(
-                {
-                    "user_id": user_id,
-                    "items": [
-                        {"item_id": item, "score": score}
-                        for item, score in zip(ranked.item_ids[b], ranked.scores[b], strict=True)
-                    ],
-                    "model_name": model_name,
-                    "model_version": model_version,
-                    "generated_at": generated_at,
-                    "last_event_time": int(batch.last_event_ms[b]),
-                    "last_event_id": batch.last_event_ids[b],
-                    "events_reflected": int(batch.events_seen[b]),
-                }
-            )
+        values = self._encoder.encode(
+            batch, ranked, model_name=model_name, model_version=model_version, generated_at=int(self._clock() * 1000)
+        )
+        for user_id, value, last_event_ms in zip(batch.user_ids, values, batch.last_event_ms.tolist(), strict=True):
             record = _Record(
                 self._recommendations_topic,
                 user_id.encode(),
                 value,
                 None,
                 "recommendations",
-                last_event_ms=int(batch.last_event_ms[b]),
+                last_event_ms=last_event_ms,
             )
             self._produce(self._open, record)
 

@@ -5,7 +5,7 @@ from models.base import Recommender
 from models.checkpoint import CheckpointMetadata, LoadedModel
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.inference import Inference
+from stream_worker.inference import Inference, Ranked
 from stream_worker.state import UserState
 
 
@@ -82,3 +82,45 @@ def test_lookup_grows_with_new_items_without_rebuilding():
     s.apply([(UserEvent("e1", "b", "i1", "VIEW", None, 1), 0, -1)])
     assert inference.recommend(s.batch(["b"])).item_ids == [["i0"]]
     assert np.array_equal(inference._lookup, [0, 1, -1])
+
+
+def test_ranked_holds_arrays_with_per_row_counts_and_padding():
+    s = state_with([("a", "i1", "VIEW"), ("a", "i3", "VIEW"), ("b", "i0", "VIEW")])
+    inference = Inference(loaded(["i0", "i1", "i2", "i3"], [0.4, 0.9, 0.1, 0.8]), s.items, torch.device("cpu"), 3)
+    ranked = inference.recommend(s.batch(["a", "b"]))
+    assert ranked.counts.tolist() == [2, 3]
+    assert ranked.index.tolist() == [[0, 2, -1], [1, 3, 2]]
+    assert ranked.top_ids.tolist() == [["i0", "i2", ""], ["i1", "i3", "i2"]]
+    assert ranked.top_scores.dtype == np.float32 and ranked.top_scores[0, 2] == -np.inf
+    assert ranked.row(0) == [("i0", np.float32(0.4)), ("i2", np.float32(0.1))]
+    assert ranked.vocabulary is inference.vocabulary
+
+
+def test_sparse_and_dense_scoring_serve_the_same_lists_with_a_real_mult_vae():
+    from models.multvae import MultVAE
+
+    torch.manual_seed(0)
+    n_items = 300
+    meta = CheckpointMetadata(kind="multvae", version=1, item_ids=[f"i{i}" for i in range(n_items)], hyperparameters={})
+    model = LoadedModel(model=MultVAE(n_items), metadata=meta, path=None)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    s = UserState(max_users=100, recent_items=30, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=60)
+    kinds = ["VIEW", "CLICK", "PURCHASE"]
+    s.apply(
+        (UserEvent(f"e{n}", f"u{rng.integers(40)}", f"i{rng.zipf(1.5) % 320}", kinds[n % 3], None, n * 1000), 0, -1)
+        for n in range(2000)  # repeats, decayed weights, and items 300..319 the model does not know
+    )
+    batch = s.batch([f"u{u}" for u in range(40)])
+    sparse = Inference(model, s.items, torch.device("cpu"), 20).recommend(batch)
+    dense = Inference(model, s.items, torch.device("cpu"), 20, sparse=False).recommend(batch)
+    assert np.array_equal(sparse.index, dense.index)
+    np.testing.assert_allclose(sparse.top_scores, dense.top_scores, rtol=1e-5, atol=1e-5)
+    seen = {b: set(batch.item_codes[b][batch.item_codes[b] >= 0].tolist()) for b in range(40)}
+    assert all(not {s.items.code_of.get(i, -1) for i in sparse.top_ids[b]} & seen[b] for b in range(40))
+
+
+def test_ranked_from_lists_pads_short_rows():
+    ranked = Ranked.from_lists([["b", "a"], ["c"], []], [[2.0, 1.0], [0.5], []])
+    assert ranked.counts.tolist() == [2, 1, 0]
+    assert ranked.item_ids == [["b", "a"], ["c"], []] and ranked.scores == [[2.0, 1.0], [0.5], []]
+    assert ranked.top_ids.tolist() == [["b", "a"], ["c", ""], ["", ""]]

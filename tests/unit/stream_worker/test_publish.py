@@ -49,7 +49,7 @@ def one_list(pub: Publisher, user: str = "u") -> None:
     batch = StateBatch(
         [user], np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32), np.array([1]), np.array([5]), ["e"]
     )
-    pub.recommendations(batch, Ranked([["i"]], [[1.0]]), model_name="m", model_version=1)
+    pub.recommendations(batch, Ranked.from_lists([["i"]], [[1.0]]), model_name="m", model_version=1)
 
 
 def test_offsets_are_committable_only_after_every_record_of_their_flush_and_the_flushes_before():

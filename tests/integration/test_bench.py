@@ -1,0 +1,34 @@
+"""`streamrec bench --quick` against the test broker: every phase runs and every figure is in the JSON."""
+
+import json
+import math
+
+import pytest
+
+from stream_worker.bench import BenchConfig, run_bench
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_bench_measures_every_figure(kafka_bootstrap, tmp_path):
+    results = run_bench(BenchConfig.quick(), tmp_path, bootstrap_servers=kafka_bootstrap, say=lambda _: None)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    stages = {
+        "produce events/s", "consume events/s", "decode events/s", "state events/s",
+        "model b1 dense users/s", "model b256 dense users/s", "model b1 sparse users/s", "model b256 sparse users/s",
+        "encode (codec) lists/s", "encode (batch encoder) lists/s", "encode+produce lists/s",
+    }  # fmt: skip
+    assert set(saved["stages"]) == stages
+    assert all(value > 0 and math.isfinite(value) for value in saved["stages"].values())
+    assert saved["naive_events_per_s"] > 0
+    drain = saved["drain"]
+    assert drain["events"] == 3000 and drain["events/s"] > 0 and drain["users per batch"] >= 1
+    (rate,) = saved["rates"]
+    assert rate["rate"] == 200 and 150 < rate["achieved events/s"] < 250
+    # Every list counted reflects an event of this run, so latencies are positive and bounded.
+    assert rate["lists"] > 100 and len(rate["latencies ms"]) == rate["lists"]
+    assert 0 < rate["latency p50 ms"] <= rate["latency p99 ms"] <= rate["latency max ms"] < 30_000
+    assert rate["event to generated_at p50 ms"] <= rate["latency p50 ms"]
+    assert set(saved["ratios"]) >= {"drain / naive", "model b256 sparse / dense", "batch encoder / codec"}
+    assert results.ratios["drain / naive"] == saved["ratios"]["drain / naive"]
