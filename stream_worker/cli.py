@@ -26,12 +26,14 @@ from rich.markup import escape
 
 from stream_worker.config import ConfigError, Settings, load_settings
 from stream_worker.kafka_local import DEFAULT_HOME, KafkaStartError, LocalKafka
+from stream_worker.models_cli import app as models_app
 
 app = typer.Typer(help="A streaming recommender on Kafka with generative models.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) for development and tests.")
 topics_app = typer.Typer(help="The topics streamrec reads and writes.")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 Bootstrap = Annotated[

@@ -94,6 +94,29 @@ class Settings(BaseSettings):
     trainer_torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0 = torch's default")
     trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
 
+    # --- model lifecycle ---------------------------------------------------------------
+    promotion_metric: str = Field(
+        "ndcg@20",
+        pattern=r"^(ndcg|recall)@[1-9][0-9]*$",
+        description="Metric that decides promotion, on the freshest events of the window: ndcg@K or recall@K",
+    )
+    promotion_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="A candidate is promoted unless its metric is below the serving model's by more than "
+        "this fraction of it",
+    )
+    trainer_holdout_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of the window's events, the freshest, held out to compare candidate and serving model",
+    )
+    trainer_warm_start: bool = Field(
+        True, description="Start training from the serving model's weights when its item vocabulary covers the window"
+    )
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_look_like_host_port(cls, value: str) -> str:

@@ -126,6 +126,22 @@ class TrainerMetrics:
         for result in ("published", "skipped", "failed"):
             self.rounds.labels(result)
 
+        # --- model lifecycle: every round ends promoted, rejected, skipped or failed ---
+        self.candidate_quality = Gauge(
+            "trainer_candidate_quality",
+            "The last candidate's promotion metric (STREAMREC_PROMOTION_METRIC) on the freshest held-out events",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.serving_quality = Gauge(
+            "trainer_serving_quality",
+            "The serving model's promotion metric on the same held-out events as the last candidate",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for result in ("promoted", "rejected"):
+            self.rounds.labels(result)
+
 
 Probe = Callable[[], tuple[bool, str]]
 

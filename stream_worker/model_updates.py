@@ -138,7 +138,8 @@ class ModelWatcher:
         except DecodeError as exc:
             log.warning("ignoring an undecodable model update: %s", exc)
             return
-        if update["model_name"] != self._model_name or update["version"] <= self._newest_version:
+        rollback = update.get("action") == "rollback" and update["version"] != self._newest_version
+        if update["model_name"] != self._model_name or (update["version"] <= self._newest_version and not rollback):
             return
         started = time.perf_counter()
         try:
