@@ -27,6 +27,7 @@ from stream_worker.config import Settings
 from stream_worker.inference import Inference
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.model_updates import ModelWatcher
+from stream_worker.online_eval import OnlineEvaluator
 from stream_worker.publish import Publisher, producer_config
 from stream_worker.state import UserState
 
@@ -64,6 +65,7 @@ class Worker:
             decay_half_life_s=settings.decay_half_life_s,
         )
         self.inference = Inference(loaded, self.state.items, self.device, settings.top_k)
+        self.online = OnlineEvaluator(settings.top_k, settings.state_max_users, self.metrics.registry)
         self.batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
         self.codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
         # Consumed but not yet committed: (topic, partition) -> the next offset to read.
@@ -170,6 +172,7 @@ class Worker:
         # Step 2. apply to the rolling state; the users that changed wait for the next flush.
         evicted_before = self.state.evicted_total
         self.batcher.add(self.state.apply(events))  # also when no user changed: offsets await a commit
+        self.online.observe(events, self.state.items)  # hit-rate of the lists sent before these events
         self.metrics.stage.labels("decode").observe(decoded - started)
         self.metrics.stage.labels("state").observe(time.perf_counter() - decoded)
         self.metrics.events.inc(len(events))
@@ -190,6 +193,7 @@ class Worker:
             self.publisher.recommendations(
                 batch, ranked, model_name=self.inference.model_name, model_version=self.inference.model_version
             )
+            self.online.sent(batch, ranked.item_ids, self.inference.model_version)
             self.metrics.stage.labels("inference").observe(scored - started)
             self.metrics.stage.labels("publish").observe(time.perf_counter() - scored)
             self.metrics.batch_size.observe(len(user_ids))

@@ -190,7 +190,8 @@ def temporal_split(
     """Cut `window` at the event time leaving `holdout_fraction` of its events after it (but not
     before `not_before_ms`), and build what the models train and are judged on."""
     times = window.times_ms
-    cutoff = max(int(np.quantile(times, 1 - holdout_fraction)) if len(times) else 0, not_before_ms)
+    # "higher": the cut-off is the time of an actual event, so at least `holdout_fraction` is held out.
+    cutoff = max(int(np.quantile(times, 1 - holdout_fraction, method="higher")) if len(times) else 0, not_before_ms)
     before = times < cutoff
     n_users, n_items = len(window.user_ids), len(window.item_ids)
     state_at_cutoff = input_rows(

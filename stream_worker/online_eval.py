@@ -1,0 +1,107 @@
+"""Online (prequential) evaluation: was the item of each incoming event in the list we last sent?
+
+For every event of a user who has already been sent a list, two questions, counted per model
+version of that list:
+- model: was the event's item in the last list the worker published for the user?
+- popularity: was it in the list a popularity recommender would have sent at the same moment,
+  i.e. the K items with the highest exponentially decayed event counts on this same stream,
+  leaving out the items the model had to leave out (those in the user's state)?
+
+hit-rate@K = hits / events, from `streamrec_online_hits_total{model_version,recommender}` and
+`streamrec_online_events_total{model_version}` (PromQL: a ratio of rates). Each event is judged
+before it counts toward popularity, and against lists made before it arrived: test, then train.
+
+Memory is bounded: two K-item lists per user for at most `max_users` users (least recently
+active dropped first), and one float per item for the popularity counts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from stream_worker.codec import UserEvent
+from stream_worker.metrics import OnlineMetrics
+from stream_worker.state import ItemCodes, StateBatch
+
+# Popularity counts halve every this many events, so the baseline follows what is popular now.
+POPULARITY_HALF_LIFE_EVENTS = 10_000
+
+
+class Popularity:
+    """Exponentially decayed event counts per item code, and their top K."""
+
+    def __init__(self, half_life_events: int = POPULARITY_HALF_LIFE_EVENTS) -> None:
+        self.counts = np.zeros(1024, np.float64)
+        self._growth = 2.0 ** (1.0 / half_life_events)
+        # Instead of multiplying every count by 2^(-1/h) per event, each new event weighs
+        # `_scale`, which grows by 2^(1/h) per event; rescaled before it can overflow.
+        self._scale = 1.0
+
+    def add(self, codes: np.ndarray) -> None:
+        if len(codes) == 0:
+            return
+        if codes.max() >= len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(max(len(self.counts), int(codes.max()) + 1))])
+        weights = self._scale * self._growth ** np.arange(len(codes))  # (n,) later events weigh more
+        np.add.at(self.counts, codes, weights)
+        self._scale *= self._growth ** len(codes)
+        if self._scale > 1e100:
+            self.counts /= self._scale
+            self._scale = 1.0
+
+    def top(self, n: int) -> np.ndarray:
+        """The n item codes with the highest counts, highest first (fewer if fewer items were seen)."""
+        seen = np.flatnonzero(self.counts)
+        if len(seen) <= n:
+            return seen[np.argsort(-self.counts[seen], kind="stable")]
+        best = seen[np.argpartition(-self.counts[seen], n)[:n]]
+        return best[np.argsort(-self.counts[best], kind="stable")]
+
+
+class OnlineEvaluator:
+    def __init__(self, top_k: int, max_users: int, registry: CollectorRegistry) -> None:
+        self.top_k = top_k
+        self.max_users = max_users
+        self.metrics = OnlineMetrics(registry)
+        self.popularity = Popularity()
+        # user id -> (item ids of the model's last list, item codes of the popularity list, version label).
+        # Ids, not state codes, for the model's list: it may name items this worker's state has not seen yet.
+        self._last: OrderedDict[str, tuple[tuple[str, ...], np.ndarray, str]] = OrderedDict()
+
+    def observe(self, events: Iterable[tuple[UserEvent, int]], items: ItemCodes) -> None:
+        """Judge each (event, partition) against the lists last sent to its user, then count it.
+
+        Call after the state has applied the events (so every item has a code)."""
+        codes, judged = [], {}  # version -> [events, model hits, popularity hits]
+        for event, _partition in events:
+            code = items.code_of[event.item_id]
+            codes.append(code)
+            last = self._last.get(event.user_id)
+            if last is None:
+                continue
+            model_list, popular_list, version = last
+            counts = judged.setdefault(version, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += event.item_id in model_list
+            counts[2] += bool((popular_list == code).any())
+        for version, (n, model_hits, popular_hits) in judged.items():
+            self.metrics.events.labels(version).inc(n)
+            self.metrics.hits.labels(version, "model").inc(model_hits)
+            self.metrics.hits.labels(version, "popularity").inc(popular_hits)
+        self.popularity.add(np.array(codes, np.int64))
+
+    def sent(self, batch: StateBatch, recommended: list[list[str]], model_version: int) -> None:
+        """Remember the lists just published for `batch`'s users, and the popularity lists of that moment."""
+        k, version = self.top_k, str(model_version)
+        candidates = self.popularity.top(k + batch.item_codes.shape[1])  # (C,) enough to survive any user's mask
+        # (B, C): True where a popular item is in the user's state, which the model could not recommend either.
+        in_state = (candidates[None, :, None] == batch.item_codes[:, None, :]).any(axis=2)
+        for b, user_id in enumerate(batch.user_ids):
+            self._last[user_id] = (tuple(recommended[b]), candidates[~in_state[b]][:k], version)
+            self._last.move_to_end(user_id)
+        while len(self._last) > self.max_users:
+            self._last.popitem(last=False)
