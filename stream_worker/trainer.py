@@ -302,12 +302,14 @@ def decide(
     if serving is None:
         return True, "no serving model to compare with"
     floor = serving * (1 - margin)
-    promoted = candidate >= floor
-    comparison = "within" if promoted else "below serving by more than"
-    return promoted, (
-        f"{metric} {candidate:.4f} vs serving v{serving_version}'s {serving:.4f}: "
-        f"{comparison} the margin of {margin:.0%} (floor {floor:.4f})"
-    )
+    if candidate >= serving:
+        comparison = "at or above serving"
+    elif candidate >= floor:
+        comparison = f"within the margin of {margin:.0%}"
+    else:
+        comparison = f"below serving by more than the margin of {margin:.0%}"
+    why = f"{metric} {candidate:.4f} vs serving v{serving_version}'s {serving:.4f}: {comparison} (floor {floor:.4f})"
+    return candidate >= floor, why
 
 
 # --- the round -----------------------------------------------------------------------------------
