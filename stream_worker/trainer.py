@@ -256,6 +256,35 @@ def reindex_columns(X: sp.csr_matrix, from_ids: list[str], to_ids: list[str]) ->
     )
 
 
+# Mult-VAE/DAE tensors whose size is the catalog, and the dimension that runs over items.
+_ITEM_DIMS = {"q_layers.0.weight": 1, "p_layers.1.weight": 0, "p_layers.1.bias": 0}
+
+
+def warm_tensors(serving: LoadedModel | None, kind: str, item_ids: list[str]) -> dict[str, torch.Tensor] | None:
+    """The serving model's tensors laid out for the catalog `item_ids`, to start training from.
+
+    Items the serving model knew keep their weights, new ones start at zero, items gone are
+    dropped. None when there is nothing to start from: no serving model, another kind, or a
+    kind whose item-sized tensors are not known here (only Mult-VAE/DAE can change catalog).
+    """
+    if serving is None or serving.metadata.kind != kind:
+        return None
+    tensors = {name: t.detach().cpu() for name, t in serving.model.tensors().items()}
+    if item_ids == serving.metadata.item_ids:
+        return tensors
+    if kind not in ("multvae", "multdae") or not set(_ITEM_DIMS) <= set(tensors):
+        return None
+    position = {item_id: i for i, item_id in enumerate(serving.metadata.item_ids)}
+    source = np.array([position.get(item_id, -1) for item_id in item_ids], np.int64)
+    to_rows, from_rows = torch.from_numpy(np.flatnonzero(source >= 0)), torch.from_numpy(source[source >= 0])
+    for name, dim in _ITEM_DIMS.items():
+        old = tensors[name]
+        shape = list(old.shape)
+        shape[dim] = len(item_ids)
+        tensors[name] = torch.zeros(shape, dtype=old.dtype).index_copy_(dim, to_rows, old.index_select(dim, from_rows))
+    return tensors
+
+
 # --- 4. the comparison -------------------------------------------------------------------------
 
 
@@ -356,15 +385,12 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
         )
         return None
 
-    # The candidate's catalog: the items it trains on; the serving model's, when that covers them (warm start).
+    # The candidate's catalog: the items it trains on. Warm start maps the serving model's weights onto it.
     trained_items = np.flatnonzero(np.asarray(split.train.sum(axis=0)).ravel() > 0)
     item_ids = [window.item_ids[i] for i in trained_items]
-    initial = None
-    warm = s.trainer_warm_start and serving is not None and serving.metadata.kind == s.trainer_model_kind
-    if warm and set(item_ids) <= set(serving.metadata.item_ids):
-        item_ids, initial = serving.metadata.item_ids, serving.model.tensors()
     X = reindex_columns(split.train, window.item_ids, item_ids)
     overrides = served_overrides(s.trainer_model_kind, X.shape[0])
+    initial = warm_tensors(serving, s.trainer_model_kind, item_ids) if s.trainer_warm_start else None
     try:
         model, report = train_model(
             s.trainer_model_kind, X, epochs=s.trainer_epochs, overrides=overrides, on_epoch=on_epoch, initial=initial
@@ -372,8 +398,7 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
     except RuntimeError:  # the serving weights do not fit this configuration: train from scratch
         if initial is None:
             raise
-        item_ids, initial = [window.item_ids[i] for i in trained_items], None
-        X = reindex_columns(split.train, window.item_ids, item_ids)
+        initial = None
         model, report = train_model(
             s.trainer_model_kind, X, epochs=s.trainer_epochs, overrides=overrides, on_epoch=on_epoch
         )

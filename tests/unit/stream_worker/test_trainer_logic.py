@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from models.baselines import Popularity
 from stream_worker.trainer import (
@@ -79,3 +80,23 @@ def test_served_mult_vae_anneals_over_the_evaluated_number_of_epochs_at_any_size
     assert served_overrides("multvae", 138_493)["total_anneal_steps"] == ANNEAL_EPOCHS * 1385
     assert served_overrides("ease", 1000) == {}
     assert "epochs" not in served_overrides("cfgan", 1000)
+
+
+def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
+    from models.checkpoint import CheckpointMetadata, LoadedModel
+    from models.multvae import MultVAE, MultVAEConfig
+    from stream_worker.trainer import warm_tensors
+
+    config = MultVAEConfig(hidden_dim=8, latent_dim=4)
+    serving = MultVAE(3, config)
+    meta = CheckpointMetadata(kind="multvae", version=1, item_ids=["a", "b", "c"], hyperparameters={})
+    loaded = LoadedModel(model=serving, metadata=meta, path=None)
+    tensors = warm_tensors(loaded, "multvae", ["c", "a", "d"])
+    warm = MultVAE(3, config)
+    warm.load_tensors(tensors)
+    x_old = torch.tensor([[1.0, 0.0, 2.0]])  # a, b, c
+    x_new = torch.tensor([[2.0, 1.0, 0.0]])  # c, a, d
+    old, new = serving.score(x_old)[0], warm.score(x_new)[0]
+    torch.testing.assert_close(new[:2], torch.stack([old[2], old[0]]))  # c and a score as before
+    assert torch.all(tensors["p_layers.1.weight"][2] == 0)  # d starts from nothing
+    assert warm_tensors(loaded, "multdae", ["a"]) is None  # another kind: from scratch
