@@ -149,7 +149,11 @@ def train(
         trained = train_from_topic(settings, out)
         if trained is None:
             _fail("Too few events in the window; nothing trained (see STREAMREC_TRAINER_MIN_EVENTS).", 1)
-        console.print(f"saved {trained.path}")
+        p = trained.metadata.promotion  # the validation figure: the freshest held-out events of the window
+        console.print(
+            f"saved {trained.path}: {p['metric']}={p['candidate']:.4f} on {p['eval_users']} held-out users; "
+            f"{'promoted (now serving)' if trained.promoted else 'NOT promoted'}: {trained.reason}"
+        )
         return
     assert ratings is not None
     from models.data import load_ratings
