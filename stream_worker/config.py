@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         description="Share of the window's events, the freshest, held out to compare candidate and serving model",
     )
     trainer_warm_start: bool = Field(
-        True, description="Start training from the serving model's weights when its item vocabulary covers the window"
+        False,
+        description="Start training from the serving model's weights (Mult-VAE/DAE: mapped onto the new catalog); "
+        "pays off only with fewer STREAMREC_TRAINER_EPOCHS",
     )
 
     @field_validator("bootstrap_servers")
