@@ -97,11 +97,19 @@ class OnlineEvaluator:
     def sent(self, batch: StateBatch, recommended: list[list[str]], model_version: int) -> None:
         """Remember the lists just published for `batch`'s users, and the popularity lists of that moment."""
         k, version = self.top_k, str(model_version)
-        candidates = self.popularity.top(k + batch.item_codes.shape[1])  # (C,) enough to survive any user's mask
-        # (B, C): True where a popular item is in the user's state, which the model could not recommend either.
-        in_state = (candidates[None, :, None] == batch.item_codes[:, None, :]).any(axis=2)
+        codes = batch.item_codes  # (B, L), -1 = empty
+        candidates = self.popularity.top(k + codes.shape[1])  # (C,) enough to survive any user's mask
+        # Popular items in the user's state are left out, as the model had to leave them out:
+        # (B, C) True where candidate c is in user b's state, via a code -> candidate position lookup.
+        position = np.full(max(int(codes.max(initial=-1)), int(candidates.max(initial=-1))) + 2, -1, np.int64)
+        position[candidates] = np.arange(len(candidates))
+        found = position[codes]  # (B, L) candidate position of each state item, -1 = not a candidate
+        in_state = np.zeros((len(codes), len(candidates)), bool)
+        in_state[np.nonzero(found >= 0)[0], found[found >= 0]] = True
+        keep = np.argsort(in_state, axis=1, kind="stable")[:, :k]  # (B, k) the first candidates not in state
         for b, user_id in enumerate(batch.user_ids):
-            self._last[user_id] = (tuple(recommended[b]), candidates[~in_state[b]][:k], version)
+            popular = candidates[keep[b][~in_state[b, keep[b]]]]
+            self._last[user_id] = (tuple(recommended[b]), popular, version)
             self._last.move_to_end(user_id)
         while len(self._last) > self.max_users:
             self._last.popitem(last=False)
