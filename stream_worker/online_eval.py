@@ -17,6 +17,7 @@ active dropped first), and one float per item for the popularity counts.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -70,7 +71,7 @@ class OnlineEvaluator:
         self.popularity = Popularity()
         # user id -> (item ids of the model's last list, item codes of the popularity list, version label).
         # Ids, not state codes, for the model's list: it may name items this worker's state has not seen yet.
-        self._last: OrderedDict[str, tuple[tuple[str, ...], np.ndarray, str]] = OrderedDict()
+        self._last: OrderedDict[str, tuple[tuple[str, ...], array, str]] = OrderedDict()
 
     def observe(self, events: Iterable[tuple[UserEvent, int]], items: ItemCodes) -> None:
         """Judge each (event, partition) against the lists last sent to its user, then count it.
@@ -87,7 +88,7 @@ class OnlineEvaluator:
             counts = judged.setdefault(version, [0, 0, 0])
             counts[0] += 1
             counts[1] += event.item_id in model_list
-            counts[2] += bool((popular_list == code).any())
+            counts[2] += code in popular_list
         for version, (n, model_hits, popular_hits) in judged.items():
             self.metrics.events.labels(version).inc(n)
             self.metrics.hits.labels(version, "model").inc(model_hits)
@@ -108,7 +109,7 @@ class OnlineEvaluator:
         in_state[np.nonzero(found >= 0)[0], found[found >= 0]] = True
         keep = np.argsort(in_state, axis=1, kind="stable")[:, :k]  # (B, k) the first candidates not in state
         for b, user_id in enumerate(batch.user_ids):
-            popular = candidates[keep[b][~in_state[b, keep[b]]]]
+            popular = array("q", candidates[keep[b][~in_state[b, keep[b]]]].tolist())  # 8 bytes an item
             self._last[user_id] = (tuple(recommended[b]), popular, version)
             self._last.move_to_end(user_id)
         while len(self._last) > self.max_users:
