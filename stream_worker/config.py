@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         7 * 24 * 3600.0, gt=0, description="Each round reads the events appended to the log in this many last seconds"
     )
     trainer_min_events: int = Field(1000, ge=1, description="Skip a round with fewer events than this")
-    trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = the model's default")
+    trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = early stopping on validation")
     trainer_torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0 = torch's default")
     trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
 

@@ -9,8 +9,9 @@ Each round
    and never anything the serving model trained on (T >= its own cut-off), are held out;
 3. trains a candidate on the events before T, fed as the worker feeds a model
    (`model_input.input_rows`: the last `state_recent_items` events per user, the worker's event
-   weights and decay), with the hyperparameters the offline evaluation chose (`served_overrides`),
-   warm-started from the serving model when its vocabulary covers the window;
+   weights and decay), with the hyperparameters the offline evaluation chose (`served_overrides`;
+   epochs by early stopping on an earlier slice, `choose_epochs`, unless STREAMREC_TRAINER_EPOCHS
+   is set), optionally warm-started from the serving model (`warm_tensors`);
 4. scores candidate and serving model on the same users: each user's input is their events
    before T as the worker would hold them at T, the targets are the items they turned to after T;
 5. promotes the candidate unless its `promotion_metric` is below the serving model's by more
@@ -40,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from models import checkpoint
 from models.base import EpochCallback, Recommender
 from models.checkpoint import CheckpointError, LoadedModel
-from models.evaluate import GRIDS, compute_metrics
+from models.evaluate import GRIDS, PATIENCE, compute_metrics
 from models.train import train_model
 from stream_worker import metrics as metrics_module
 from stream_worker.codec import USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
@@ -52,6 +53,7 @@ from stream_worker.state import interaction_weight
 
 log = logging.getLogger(__name__)
 
+ITERATIVE = ("multvae", "multdae", "cfgan")  # models whose epoch count is chosen on validation
 MIN_EVAL_USERS = 10  # fewer users with events after the cut-off: no comparison worth the name
 # The offline evaluation annealed Mult-VAE's beta over 200 updates of batches of 100 on ML-100K's
 # ~943 training users (10 updates an epoch): 20 epochs. The trainer keeps those 20 epochs at any size.
@@ -233,15 +235,62 @@ def served_overrides(kind: str, n_users: int) -> dict[str, Any]:
     models (`models.evaluate.GRIDS`), with Mult-VAE's annealing scaled to `n_users`.
 
     For the models with a grid (EASE, ItemKNN) the winner differed between protocols, so they keep
-    their `Config` defaults; epochs come from STREAMREC_TRAINER_EPOCHS or the model's default.
+    their `Config` defaults. Epochs: STREAMREC_TRAINER_EPOCHS, else chosen on validation (`choose_epochs`).
     """
-    if kind not in ("multvae", "multdae", "cfgan"):
+    if kind not in ITERATIVE:
         return {}
     overrides = {k: v for k, v in GRIDS[kind][0].items() if k != "epochs"}
     if kind == "multvae":
         updates_per_epoch = math.ceil(n_users / overrides["batch_size"])
         overrides["total_anneal_steps"] = ANNEAL_EPOCHS * updates_per_epoch
     return overrides
+
+
+def choose_epochs(
+    settings: Settings,
+    window: EventWindow,
+    cutoff_ms: int,
+    item_ids: list[str],
+    overrides: dict[str, Any],
+    initial: dict[str, torch.Tensor] | None,
+) -> int | None:
+    """The epoch count, chosen as the offline evaluation chose it: early stopping (patience
+    `models.evaluate.PATIENCE`) on validation data, here the events before `cutoff_ms` cut once
+    more in time: train on the older part, score the promotion metric on the newer part after each
+    epoch. None (the model's default) when too few users can be scored."""
+    s = settings
+    older = window.times_ms < cutoff_ms
+    part = EventWindow(
+        users=window.users[older],
+        items=window.items[older],
+        weights=window.weights[older],
+        times_ms=window.times_ms[older],
+        user_ids=window.user_ids,
+        item_ids=window.item_ids,
+        skipped=0,
+    )
+    val = temporal_split(
+        part,
+        holdout_fraction=s.trainer_holdout_fraction,
+        not_before_ms=0,
+        recent_items=s.state_recent_items,
+        rate_per_ms=decay_rate_per_ms(s.decay_half_life_s),
+    )
+    if val.eval_inputs.shape[0] < MIN_EVAL_USERS:
+        return None
+    k = int(s.promotion_metric.split("@")[1])
+    scores: list[float] = []
+
+    def validate(model: Recommender, epoch: int) -> bool:
+        quality = ranked_quality(model, item_ids, val.eval_inputs, val.eval_targets, window.item_ids, k)
+        scores.append(quality[s.promotion_metric])
+        return epoch - (int(np.argmax(scores)) + 1) < PATIENCE
+
+    X = reindex_columns(val.train, window.item_ids, item_ids)
+    train_model(s.trainer_model_kind, X, overrides=overrides, on_epoch=validate, initial=initial)
+    best = int(np.argmax(scores)) + 1
+    log.info("chose %d epochs on validation (%s %.4f)", best, s.promotion_metric, scores[best - 1])
+    return best
 
 
 def reindex_columns(X: sp.csr_matrix, from_ids: list[str], to_ids: list[str]) -> sp.csr_matrix:
@@ -391,17 +440,18 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
     X = reindex_columns(split.train, window.item_ids, item_ids)
     overrides = served_overrides(s.trainer_model_kind, X.shape[0])
     initial = warm_tensors(serving, s.trainer_model_kind, item_ids) if s.trainer_warm_start else None
+    epochs = s.trainer_epochs
+    if epochs is None and s.trainer_model_kind in ITERATIVE:
+        epochs = choose_epochs(s, window, split.cutoff_ms, item_ids, overrides, initial)
     try:
         model, report = train_model(
-            s.trainer_model_kind, X, epochs=s.trainer_epochs, overrides=overrides, on_epoch=on_epoch, initial=initial
+            s.trainer_model_kind, X, epochs=epochs, overrides=overrides, on_epoch=on_epoch, initial=initial
         )
     except RuntimeError:  # the serving weights do not fit this configuration: train from scratch
         if initial is None:
             raise
         initial = None
-        model, report = train_model(
-            s.trainer_model_kind, X, epochs=s.trainer_epochs, overrides=overrides, on_epoch=on_epoch
-        )
+        model, report = train_model(s.trainer_model_kind, X, epochs=epochs, overrides=overrides, on_epoch=on_epoch)
 
     metric, k = s.promotion_metric, int(s.promotion_metric.split("@")[1])
     metrics = ranked_quality(model, item_ids, split.eval_inputs, split.eval_targets, window.item_ids, k)
@@ -434,6 +484,7 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
             "heldout_events": split.heldout_events,
             "skipped_records": window.skipped,
             "warm_start_from": serving_version if initial is not None else None,
+            "epochs": epochs,
             "overrides": overrides,
         },
         promotion={

@@ -100,3 +100,27 @@ def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
     torch.testing.assert_close(new[:2], torch.stack([old[2], old[0]]))  # c and a score as before
     assert torch.all(tensors["p_layers.1.weight"][2] == 0)  # d starts from nothing
     assert warm_tensors(loaded, "multdae", ["a"]) is None  # another kind: from scratch
+
+
+def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_slice(monkeypatch):
+    from models.train import train_model as real_train_model
+    from stream_worker.config import Settings
+    from stream_worker.synthetic import SyntheticWorld
+    from stream_worker.trainer import choose_epochs
+
+    world = SyntheticWorld(n_users=60, n_items=150, seed=3)
+    events = list(world.events(4000, seed=1, start_ms=1_700_000_000_000))
+    w = window_of([(e.user_id, e.item_id, e.event_time_ms) for e in events])
+    settings = Settings(trainer_holdout_fraction=0.2)
+    split = temporal_split(w, holdout_fraction=0.2, not_before_ms=0, recent_items=100, rate_per_ms=0.0)
+    trained_epochs = []
+
+    def recording_train_model(*args, **kwargs):
+        model, report = real_train_model(*args, **kwargs)
+        trained_epochs.append(len(report.curve))
+        return model, report
+
+    monkeypatch.setattr("stream_worker.trainer.train_model", recording_train_model)
+    epochs = choose_epochs(settings, w, split.cutoff_ms, w.item_ids, served_overrides("multvae", 48), None)
+    assert epochs is not None and epochs >= 1
+    assert trained_epochs == [epochs + 10], "stops PATIENCE epochs after the best one, far below the default 200"
