@@ -222,7 +222,10 @@ def record_serving(model_dir: Path, version: int, *, action: str, reason: str) -
     """Make `version` the serving one and append the change to the history (atomic replace)."""
     assert action in ("promote", "rollback"), f"unknown action {action!r}"
     model_dir = Path(model_dir)
-    record = serving_record(model_dir) or {"serving": version, "history": []}
+    try:
+        record = serving_record(model_dir) or {"serving": version, "history": []}
+    except CheckpointError:  # a damaged record is replaced, not appended to
+        record = {"serving": version, "history": []}
     entry = {"version": version, "action": action, "reason": reason, "at_ms": int(time.time() * 1000)}
     record = {"serving": version, "history": [*record["history"], entry]}
     fd, staging = tempfile.mkstemp(prefix=f".{SERVING_FILE}.", dir=model_dir)

@@ -102,9 +102,14 @@ def promote(
 ) -> None:
     """Serve VERSION (whatever its evaluation said) and announce it to the workers."""
     from models import checkpoint
+    from models.checkpoint import CheckpointError
 
     settings = _settings(model_dir, bootstrap_servers)
-    current = checkpoint.serving_version(Path(settings.model_dir))
+    try:
+        current = checkpoint.serving_version(Path(settings.model_dir))
+    except CheckpointError as exc:  # a damaged serving.json: say so; promoting rewrites it
+        errors.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
+        current = None
     action = "rollback" if current is not None and version < current else "promote"
     _serve(settings, version, action=action, reason="promoted by hand with `streamrec models promote`")
 
