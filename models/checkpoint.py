@@ -3,11 +3,18 @@
     <model_dir>/
       v000001/
         weights.safetensors   every tensor of the model (`Recommender.tensors()`)
-        metadata.json         kind, hyperparameters, item vocabulary, version, metrics, training window
+        metadata.json         kind, hyperparameters, item vocabulary, version, metrics, training window,
+                              and the promotion decision taken when it was trained
+      serving.json            which version serves, and the history of promotions and rollbacks
 
 Loading reads tensors with safetensors and everything else from JSON: nothing is ever
 unpickled, so a checkpoint from an untrusted place cannot run code. A version folder is
 written under a temporary name and renamed into place, so a reader never sees half of one.
+
+A model directory with a `serving.json` serves the version it names: `resolve` and `load` of
+the directory pick it, not the newest folder (a rejected candidate is stored but never served).
+Directories without one (older ones, or `streamrec train --ratings` output) serve their newest
+version.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from models.base import REGISTRY, Recommender
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
+SERVING_FILE = "serving.json"
 FORMAT_VERSION = 1
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 
@@ -48,6 +56,9 @@ class CheckpointMetadata:
     # "events": n, "users": n, "window_start_ms": t0, "window_end_ms": t1, ...}
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # Why this version was or was not promoted when it was trained: {"promoted": bool, "reason": str,
+    # "metric": "ndcg@20", "candidate": x, "serving": y, "serving_version": n, "cutoff_ms": t, ...}.
+    promotion: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,10 +95,19 @@ def next_version(model_dir: Path) -> int:
 
 
 def resolve(path: Path) -> Path:
-    """A checkpoint folder itself, or the newest version inside a model directory."""
+    """A checkpoint folder itself, or the serving version of a model directory (its newest
+    version when the directory has no serving record)."""
     path = Path(path)
     if (path / METADATA_FILE).is_file():
         return path
+    serving = serving_version(path)
+    if serving is not None:
+        if serving not in versions(path):
+            raise CheckpointError(
+                f"{path / SERVING_FILE} names v{serving:06d}, which is missing or incomplete; "
+                "choose another with `streamrec models promote VERSION`"
+            )
+        return version_dir(path, serving)
     existing = versions(path)
     if not existing:
         raise CheckpointError(
@@ -106,6 +126,7 @@ def save(
     name: str = "streamrec",
     metrics: dict[str, float] | None = None,
     training: dict[str, Any] | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` as version `version` (default: the next free one) under `model_dir`."""
     assert len(item_ids) == model.n_items, (
@@ -127,6 +148,7 @@ def save(
         created_at_ms=int(time.time() * 1000),
         metrics=dict(metrics or {}),
         training=dict(training or {}),
+        promotion=dict(promotion or {}),
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=model_dir))
     try:
@@ -184,3 +206,60 @@ def build(
     model.load_tensors(tensors)
     model.to(device)
     return LoadedModel(model=model, metadata=metadata, path=folder)
+
+
+# --- which version serves ------------------------------------------------------------------
+
+
+def serving_record(model_dir: Path) -> dict[str, Any] | None:
+    """The parsed `serving.json` ({"serving": n, "history": [...]}), or None if there is none."""
+    file = Path(model_dir) / SERVING_FILE
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text())
+        int(record["serving"])
+        return record
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{file} is not a valid serving record: {exc}") from exc
+
+
+def serving_version(model_dir: Path) -> int | None:
+    """The version `serving.json` names, or None when the directory has no serving record."""
+    record = serving_record(model_dir)
+    return None if record is None else int(record["serving"])
+
+
+def record_serving(model_dir: Path, version: int, *, action: str, reason: str) -> None:
+    """Make `version` the serving one and append the change to the history (atomic replace)."""
+    assert action in ("promote", "rollback"), f"unknown action {action!r}"
+    model_dir = Path(model_dir)
+    try:
+        record = serving_record(model_dir) or {"serving": version, "history": []}
+    except CheckpointError:  # a damaged record is replaced, not appended to
+        record = {"serving": version, "history": []}
+    entry = {"version": version, "action": action, "reason": reason, "at_ms": int(time.time() * 1000)}
+    record = {"serving": version, "history": [*record["history"], entry]}
+    fd, staging = tempfile.mkstemp(prefix=f".{SERVING_FILE}.", dir=model_dir)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out, indent=1)
+        os.replace(staging, model_dir / SERVING_FILE)  # readers see the old or the new file, never half
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def rollback_target(model_dir: Path) -> int:
+    """The newest version older than the serving one that has served before (CheckpointError if none)."""
+    record = serving_record(model_dir)
+    if record is None:
+        raise CheckpointError(f"{model_dir} has no {SERVING_FILE}: nothing was promoted there, so nothing to roll back")
+    current = int(record["serving"])
+    served_before = {int(entry["version"]) for entry in record["history"]} & set(versions(model_dir))
+    older = sorted(v for v in served_before if v < current)
+    if not older:
+        raise CheckpointError(
+            f"v{current:06d} is the oldest version that has served in {model_dir}; nothing to roll back to"
+        )
+    return older[-1]

@@ -39,12 +39,14 @@ def train_model(
     epochs: int | None = None,
     overrides: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Recommender, FitReport]:
     """Create a `kind` model for X's catalog, train it on X (n_users, n_items) and return it.
 
     device None means `pick_device("auto")` (CUDA when torch sees a GPU). `epochs` is a
     shortcut for overrides={"epochs": n} and is ignored by models that do not iterate
-    (popularity, EASE, ItemKNN). Same seed, same device -> same model.
+    (popularity, EASE, ItemKNN). Same seed, same device -> same model. `initial` (tensors of a
+    model of the same kind, config and catalog) warm-starts training from those weights.
     """
     overrides = dict(overrides or {})
     config = make_config(kind, overrides)
@@ -53,6 +55,8 @@ def train_model(
     # Weights are drawn when the model is built, so seed before building, not only in fit.
     torch.manual_seed(seed)
     model = REGISTRY[kind](X.shape[1], config)
+    if initial is not None:
+        model.load_tensors(initial)
     model.to(device if isinstance(device, torch.device) else pick_device(device or "auto"))
     report = model.fit(sp.csr_matrix(X), seed=seed, on_epoch=on_epoch)
     return model, report

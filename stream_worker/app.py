@@ -56,6 +56,7 @@ from stream_worker.config import Settings
 from stream_worker.inference import Inference
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.model_updates import ModelWatcher
+from stream_worker.online_eval import OnlineEvaluator
 from stream_worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted, producer_config
 from stream_worker.state import UserState
 
@@ -108,6 +109,7 @@ class Worker:
             max_items=settings.state_max_items,
         )
         self.inference = Inference(loaded, self.state.items, self.device, settings.top_k)
+        self.online = OnlineEvaluator(settings.top_k, settings.state_max_users, self.metrics.registry)
         self.batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
         self.codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
         self.rules = EventRules(
@@ -283,6 +285,7 @@ class Worker:
         started = time.perf_counter()
         before = self.state.evicted_total, self.state.items_dropped_total, self.state.replayed_total
         self.batcher.add(self.state.apply(events))
+        self.online.observe(events, self.state.items)  # hit-rate of the lists sent before these events
         self.metrics.stage.labels("state").observe(time.perf_counter() - started)
         replayed = self.state.replayed_total - before[2]
         self.metrics.events.inc(len(events) - replayed)
@@ -323,6 +326,7 @@ class Worker:
                 batch, ranked, model_name=self.inference.model_name, model_version=self.inference.model_version
             )
             self.publisher.state([self.state.snapshot(u) for u in user_ids])  # the changelog
+            self.online.sent(batch, ranked.item_ids, self.inference.model_version)
             self.metrics.stage.labels("inference").observe(scored - started)
             self.metrics.stage.labels("publish").observe(time.perf_counter() - scored)
             self.metrics.batch_size.observe(len(user_ids))

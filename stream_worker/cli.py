@@ -26,12 +26,14 @@ from rich.markup import escape
 
 from stream_worker.config import ConfigError, Settings, load_settings
 from stream_worker.kafka_local import DEFAULT_HOME, KafkaStartError, LocalKafka
+from stream_worker.models_cli import app as models_app
 
 app = typer.Typer(help="A streaming recommender on Kafka with generative models.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) for development and tests.")
 topics_app = typer.Typer(help="The topics streamrec reads and writes.")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 Bootstrap = Annotated[
@@ -147,7 +149,11 @@ def train(
         trained = train_from_topic(settings, out)
         if trained is None:
             _fail("Too few events in the window; nothing trained (see STREAMREC_TRAINER_MIN_EVENTS).", 1)
-        console.print(f"saved {trained.path}")
+        p = trained.metadata.promotion  # the validation figure: the freshest held-out events of the window
+        console.print(
+            f"saved {trained.path}: {p['metric']}={p['candidate']:.4f} on {p['eval_users']} held-out users; "
+            f"{'promoted (now serving)' if trained.promoted else 'NOT promoted'}: {trained.reason}"
+        )
         return
     assert ratings is not None
     from models.data import load_ratings

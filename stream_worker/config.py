@@ -142,9 +142,34 @@ class Settings(BaseSettings):
         7 * 24 * 3600.0, gt=0, description="Each round reads the events appended to the log in this many last seconds"
     )
     trainer_min_events: int = Field(1000, ge=1, description="Skip a round with fewer events than this")
-    trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = the model's default")
+    trainer_epochs: int | None = Field(None, ge=1, description="Epochs per round; unset = early stopping on validation")
     trainer_torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0 = torch's default")
     trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
+
+    # --- model lifecycle ---------------------------------------------------------------
+    promotion_metric: str = Field(
+        "ndcg@20",
+        pattern=r"^(ndcg|recall)@[1-9][0-9]*$",
+        description="Metric that decides promotion, on the freshest events of the window: ndcg@K or recall@K",
+    )
+    promotion_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="A candidate is promoted unless its metric is below the serving model's by more than "
+        "this fraction of it",
+    )
+    trainer_holdout_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of the window's events, the freshest, held out to compare candidate and serving model",
+    )
+    trainer_warm_start: bool = Field(
+        False,
+        description="Start training from the serving model's weights (Mult-VAE/DAE: mapped onto the new catalog); "
+        "pays off only with fewer STREAMREC_TRAINER_EPOCHS",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -153,6 +153,11 @@ def _demo(
                 return 1
         view.update(progress.table())
     console.print(f"{sent[0]} live events; the worker swapped to model v{progress.model_version()} without stopping")
+    model_rate, popular_rate = progress.hit_rates()
+    console.print(
+        f"online hit-rate@{settings.top_k}: {model_rate:.1%} of events hit the list last sent to the user; "
+        f"{popular_rate:.1%} for the most popular items"
+    )
 
     console.rule("3. example recommendations")
     _show_examples(settings, world, console)
@@ -199,6 +204,7 @@ class Progress:
     """The worker's figures, scraped from its /metrics, as a table for people."""
 
     COLUMNS = ("events", "events/s", "recs", "recs/s", "p50 latency", "p99 latency", "model", "users", "DLQ")
+    COLUMNS += ("hit@K", "popular hit@K")  # online hit-rate of the lists sent, all versions (online_eval.py)
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -225,6 +231,9 @@ class Progress:
                     values.setdefault(sample.name, []).append((float(sample.labels["le"]), sample.value))
                 elif sample.name == "streamrec_dead_letters_total":
                     values[sample.name] = values.get(sample.name, 0) + sample.value
+                elif sample.name in ("streamrec_online_events_total", "streamrec_online_hits_total"):
+                    name = sample.name + sample.labels.get("recommender", "")  # summed over model versions
+                    values[name] = values.get(name, 0) + sample.value
                 elif not sample.labels:
                     values[sample.name] = sample.value
         return values
@@ -252,8 +261,17 @@ class Progress:
             f"v{m.get('streamrec_model_version', 0):.0f}",
             f"{m.get('streamrec_users_in_state', 0):.0f}",
             f"{m.get('streamrec_dead_letters_total', 0):.0f}",
+            *(f"{rate:.1%}" for rate in self.hit_rates(m)),
         )
         return table
+
+    def hit_rates(self, m: dict | None = None) -> tuple[float, float]:
+        """(model, popularity) online hit-rate@K since the worker started."""
+        m = self.scrape() if m is None else m
+        events = max(m.get("streamrec_online_events_total", 0), 1)
+        return m.get("streamrec_online_hits_totalmodel", 0) / events, m.get(
+            "streamrec_online_hits_totalpopularity", 0
+        ) / events
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:

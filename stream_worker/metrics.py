@@ -227,6 +227,22 @@ class TrainerMetrics:
         for result in ("published", "skipped", "failed"):
             self.rounds.labels(result)
 
+        # --- model lifecycle: every round ends promoted, rejected, skipped or failed ---
+        self.candidate_quality = Gauge(
+            "trainer_candidate_quality",
+            "The last candidate's promotion metric (STREAMREC_PROMOTION_METRIC) on the freshest held-out events",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.serving_quality = Gauge(
+            "trainer_serving_quality",
+            "The serving model's promotion metric on the same held-out events as the last candidate",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for result in ("promoted", "rejected"):
+            self.rounds.labels(result)
+
 
 Probe = Callable[[], tuple[bool, str]]
 
@@ -258,3 +274,29 @@ def serve(registry: CollectorRegistry, host: str, port: int, *, healthy: Probe, 
     server = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+# --- online (prequential) evaluation, in the worker ----------------------------------------------
+
+ONLINE_RECOMMENDERS = ("model", "popularity")
+
+
+class OnlineMetrics:
+    """Hit-rate@K of the lists sent, by the model version that made them; labels never hold ids."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "online_events_total",
+            "Events of users who had been sent a list, by the version of the model that made that list",
+            ["model_version"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.hits = Counter(
+            "online_hits_total",
+            "Of those events, the ones whose item was in the last list sent (recommender=model) or in the "
+            "popularity list of the same moment (recommender=popularity); hit-rate = hits / events",
+            ["model_version", "recommender"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )

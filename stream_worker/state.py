@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_worker.codec import UserEvent
+from stream_worker.model_input import decayed
 
 _INITIAL_ROWS = 1024
 
@@ -182,9 +183,7 @@ class UserState:
         codes = self._item_codes[slots]  # (B, L)
         weights = self._weights[slots]  # (B, L)
         last = self._last_event_ms[slots]  # (B,)
-        if self._decay_per_ms:
-            age_ms = np.maximum(last[:, None] - self._times[slots], 0)  # (B, L)
-            weights = weights * np.exp(-self._decay_per_ms * age_ms).astype(np.float32)
+        weights = decayed(weights, self._times[slots], last[:, None], self._decay_per_ms)  # model_input's rule
         weights = np.where(codes >= 0, weights, 0.0).astype(np.float32)
         return StateBatch(
             user_ids=list(user_ids),

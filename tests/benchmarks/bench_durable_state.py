@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
 from stream_worker import changelog
@@ -53,9 +53,12 @@ def drain_rate(bootstrap: str, model_dir: Path, events: list, guarantee: str) ->
     started = time.perf_counter()
     thread.start()
     while True:
-        committed, ends = committed_and_end_offsets(settings)
-        if committed == ends:
-            break
+        try:
+            committed, ends = committed_and_end_offsets(settings)
+            if committed == ends:
+                break
+        except KafkaException:  # the group coordinator is still loading: ask again
+            pass
         time.sleep(0.2)  # a benchmark's polling interval, not a test's synchronisation
     seconds = time.perf_counter() - started
     worker.stop.set()

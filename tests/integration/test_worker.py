@@ -148,7 +148,10 @@ def test_a_model_announced_by_the_trainer_is_picked_up_with_no_event_lost(settin
     publish_events(settings, before)
     with running_worker(settings) as worker:
         wait_until(lambda: drained(settings), 60, "the worker to drain the first events")
-        trainer_settings = settings.model_copy(update={"trainer_min_events": 100, "trainer_epochs": 5})
+        # Margin 100%: this test is about the swap, so the candidate is promoted whatever its quality.
+        trainer_settings = settings.model_copy(
+            update={"trainer_min_events": 100, "trainer_epochs": 5, "promotion_margin": 1.0}
+        )
         assert Trainer(trainer_settings).round() is not None
         wait_until(lambda: worker.inference.model_version == 2, 60, "the worker to swap in version 2")
         publish_events(settings, after)

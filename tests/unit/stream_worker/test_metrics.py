@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from stream_worker.kafka_local import free_port
 from stream_worker.metrics import TrainerMetrics, WorkerMetrics, serve
 
-ALLOWED_LABELS = {"stage", "reason", "result", "le"}
+ALLOWED_LABELS = {"stage", "reason", "result", "le", "model_version", "recommender"}
 
 
 def get(url: str) -> tuple[int, str]:

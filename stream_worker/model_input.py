@@ -1,0 +1,70 @@
+"""The input a model sees for one user, defined once for the worker and the trainer.
+
+A user's input row is made of their `recent_items` most recent events (in arrival order,
+as the worker's ring buffer keeps them): each event's weight (`state.interaction_weight`:
+the event type's weight, ratings scaled by value / 5) times the time decay
+2^(-age / half_life), where age is measured from the user's newest event, summed per item.
+
+The worker's state calls `decayed` when it snapshots a batch (`UserState.batch`); the trainer
+calls `input_rows`, which keeps the same events and applies the same `decayed`, to build the
+matrices it trains and evaluates on. So a model is trained and judged on the signal it is served.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def decay_rate_per_ms(half_life_s: float) -> float:
+    """ln 2 / half-life in ms: the weight multiplier is exp(-rate * age_ms); 0 = no decay."""
+    return math.log(2) / (half_life_s * 1000) if half_life_s > 0 else 0.0
+
+
+def decayed(weights: np.ndarray, times_ms: np.ndarray, newest_ms: np.ndarray, rate_per_ms: float) -> np.ndarray:
+    """weights * exp(-rate * (newest - time)) as float32; an event newer than `newest_ms` is not boosted.
+
+    Shapes broadcast: (B, L) weights and times with (B, 1) newest in the worker, (n,) with (n,)
+    in the trainer.
+    """
+    if not rate_per_ms:
+        return weights.astype(np.float32, copy=False)
+    age_ms = np.maximum(newest_ms - times_ms, 0)
+    return (weights * np.exp(-rate_per_ms * age_ms)).astype(np.float32)
+
+
+def input_rows(
+    users: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray,
+    times_ms: np.ndarray,
+    *,
+    n_users: int,
+    n_items: int,
+    recent_items: int,
+    rate_per_ms: float,
+) -> sp.csr_matrix:
+    """(n_users, n_items) float32 CSR: what the worker would feed the model for each user.
+
+    `users`, `items` are integer codes, one entry per event, in arrival order (a user's events
+    keep their relative order). Per user only the last `recent_items` events count, decayed to
+    the newest event time among all of that user's events (the worker's `last_event_ms`), and
+    repeated items add up.
+    """
+    n = len(users)
+    if n == 0:
+        return sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    order = np.argsort(users, kind="stable")  # grouped by user, arrival order kept within a user
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])  # first event of each user
+    ends = np.r_[starts[1:], n]
+    group = np.repeat(np.arange(len(starts)), ends - starts)  # (n,) which user group each event is in
+    newest = np.maximum.reduceat(times_ms[order], starts)[group]  # (n,) the user's newest event time
+    recent = (ends[group] - np.arange(n)) <= recent_items  # the last `recent_items` of each group
+    keep = order[recent]
+    values = decayed(weights[keep], times_ms[keep], newest[recent], rate_per_ms)
+    X = sp.csr_matrix((values, (users[keep], items[keep])), shape=(n_users, n_items), dtype=np.float32)
+    X.sum_duplicates()
+    return X

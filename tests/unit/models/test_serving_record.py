@@ -1,0 +1,60 @@
+"""Which version of a model directory serves: serving.json, resolve/load, rollback target."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models import checkpoint
+from models.checkpoint import CheckpointError
+from models.train import train_model
+
+
+def save_versions(model_dir, n: int) -> None:
+    X = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    model, _ = train_model("pop", X, device="cpu")
+    for _ in range(n):
+        checkpoint.save(model, model_dir, item_ids=list("abcd"))
+
+
+def test_without_a_record_the_newest_folder_serves(tmp_path):
+    save_versions(tmp_path, 3)
+    assert checkpoint.serving_version(tmp_path) is None
+    assert checkpoint.resolve(tmp_path).name == "v000003"
+
+
+def test_the_recorded_version_serves_not_the_newest_and_history_is_kept(tmp_path):
+    save_versions(tmp_path, 3)
+    checkpoint.record_serving(tmp_path, 1, action="promote", reason="first")
+    checkpoint.record_serving(tmp_path, 2, action="promote", reason="better")
+    # v3 exists but was never promoted (a rejected candidate): a starting worker must not load it.
+    assert checkpoint.resolve(tmp_path).name == "v000002"
+    assert checkpoint.load(tmp_path).metadata.version == 2
+    record = json.loads((tmp_path / checkpoint.SERVING_FILE).read_text())
+    assert [(e["version"], e["action"], e["reason"]) for e in record["history"]] == [
+        (1, "promote", "first"),
+        (2, "promote", "better"),
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging file left behind"
+
+
+def test_rollback_goes_to_the_newest_older_version_that_served(tmp_path):
+    save_versions(tmp_path, 4)
+    with pytest.raises(CheckpointError, match="nothing was promoted"):
+        checkpoint.rollback_target(tmp_path)
+    for version in (1, 2, 4):  # v3 was rejected
+        checkpoint.record_serving(tmp_path, version, action="promote", reason="")
+    assert checkpoint.rollback_target(tmp_path) == 2
+    checkpoint.record_serving(tmp_path, 2, action="rollback", reason="")
+    assert checkpoint.rollback_target(tmp_path) == 1
+    checkpoint.record_serving(tmp_path, 1, action="rollback", reason="")
+    with pytest.raises(CheckpointError, match="oldest version"):
+        checkpoint.rollback_target(tmp_path)
+
+
+def test_a_record_naming_a_missing_version_is_a_clear_error(tmp_path):
+    save_versions(tmp_path, 1)
+    checkpoint.record_serving(tmp_path, 7, action="promote", reason="")
+    with pytest.raises(CheckpointError, match="v000007, which is missing"):
+        checkpoint.resolve(tmp_path)

@@ -1,0 +1,63 @@
+"""The trainer and the worker feed a model the same input (model_input.py)."""
+
+import numpy as np
+
+from stream_worker.codec import UserEvent
+from stream_worker.config import DEFAULT_EVENT_WEIGHTS
+from stream_worker.model_input import decay_rate_per_ms, input_rows
+from stream_worker.state import UserState, interaction_weight
+
+DAY_MS = 24 * 3600 * 1000
+TYPES = ("VIEW", "CLICK", "PURCHASE", "RATING")
+
+
+def test_trainer_rows_equal_what_the_worker_state_feeds_the_model():
+    rng = np.random.default_rng(0)
+    n, n_users, n_items, recent, half_life_s = 400, 7, 30, 5, 2 * 24 * 3600.0
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    kinds = rng.integers(0, len(TYPES), n)
+    times = 1_700_000_000_000 + np.sort(rng.integers(0, 20 * DAY_MS, n))
+    times[::7] -= DAY_MS  # some events arrive late: the newest is the latest time, not the last arrival
+    events = [UserEvent(f"e{i}", f"u{users[i]}", f"i{items[i]}", TYPES[kinds[i]], 3.0, int(times[i])) for i in range(n)]
+
+    state = UserState(
+        max_users=100, recent_items=recent, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=half_life_s
+    )
+    state.apply((e, 0, -1) for e in events)
+    batch = state.batch([f"u{u}" for u in range(n_users)])
+    from_state = np.zeros((n_users, n_items), np.float32)
+    for b in range(n_users):
+        for code, weight in zip(batch.item_codes[b], batch.weights[b], strict=True):
+            if code >= 0:
+                from_state[b, int(state.items.ids[code][1:])] += weight
+
+    weights = np.array([interaction_weight(DEFAULT_EVENT_WEIGHTS, e.event_type, e.value) for e in events], np.float32)
+    rows = input_rows(
+        users,
+        items,
+        weights,
+        times,
+        n_users=n_users,
+        n_items=n_items,
+        recent_items=recent,
+        rate_per_ms=decay_rate_per_ms(half_life_s),
+    )
+    assert np.count_nonzero(from_state) > n_users  # decayed, several items per user
+    np.testing.assert_allclose(rows.toarray(), from_state, rtol=1e-5)
+
+
+def test_only_the_last_recent_items_count_and_decay_halves_per_half_life():
+    users = np.array([0, 0, 0, 1])
+    items = np.array([0, 1, 2, 0])
+    times = np.array([0, DAY_MS, 2 * DAY_MS, 5], np.int64)
+    rows = input_rows(
+        users,
+        items,
+        np.ones(4, np.float32),
+        times,
+        n_users=2,
+        n_items=3,
+        recent_items=2,
+        rate_per_ms=decay_rate_per_ms(24 * 3600.0),
+    ).toarray()
+    np.testing.assert_allclose(rows, [[0.0, 0.5, 1.0], [1.0, 0.0, 0.0]], rtol=1e-6)
