@@ -25,6 +25,7 @@ from stream_worker.batching import MicroBatcher
 from stream_worker.codec import RECOMMENDATION, USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
 from stream_worker.config import Settings
 from stream_worker.inference import Inference
+from stream_worker.kafka_stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.model_updates import ModelWatcher
 from stream_worker.publish import Publisher, producer_config
@@ -69,6 +70,9 @@ class Worker:
         # Consumed but not yet committed: (topic, partition) -> the next offset to read.
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.metrics.model_version.set(loaded.metadata.version)
+        # --- operations (issue 9): build info, and lag/assignment/rebalances from librdkafka's statistics
+        self.metrics.build_info.info(metrics_module.build_labels(loaded.metadata.kind))
+        self.consumer_stats = ConsumerStats(self.metrics, settings.kafka_stats_interval_ms)
         self._last_turn = time.monotonic()
         self._running = False
         self._broken = False
@@ -95,7 +99,7 @@ class Worker:
                 dlq_topic=settings.dlq_topic,
                 metrics=self.metrics,
             )
-            self.consumer = Consumer(consumer_config(settings))
+            self.consumer = Consumer({**consumer_config(settings), **self.consumer_stats.consumer_options()})
             resources.callback(self.consumer.close)  # leaves the group; runs after the final flush
             self.watcher = ModelWatcher(
                 settings,

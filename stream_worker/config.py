@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     trainer_torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0 = torch's default")
     trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
 
+    # --- operations (issue 9) ------------------------------------------------------------
+    kafka_stats_interval_ms: int = Field(
+        5000, ge=0, description="How often the worker's consumer reports lag and assignment to /metrics; 0 = off"
+    )
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_look_like_host_port(cls, value: str) -> str:
