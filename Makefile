@@ -1,17 +1,20 @@
 # streamrec: the two commands a newcomer needs are `make demo` and `make test`.
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml deploy/requirements-checks.txt | sha1sum | cut -c1-12)
 
 .PHONY: install demo test faults lint bench kafka-start kafka-stop clean
 
 # A virtualenv with streamrec and its test tools. uv installs it (pip takes minutes for
 # torch's CUDA wheels; uv reuses its cache in ~/.cache/uv and takes seconds the second time).
 install: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/requirements-checks.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	# checkov (tests/deploy) pins its own dependency tree: it gets a virtualenv of its own.
+	test -x $(VENV)/checks/bin/python || python3 -m venv $(VENV)/checks
+	$(BIN)/uv pip install -q --python $(VENV)/checks/bin/python -r deploy/requirements-checks.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The main job: broker, topics, a first model, worker + trainer, live events, examples; then stops.

@@ -54,6 +54,7 @@ from stream_worker.codec import (
 )
 from stream_worker.config import Settings
 from stream_worker.inference import Inference
+from stream_worker.kafka_stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.model_updates import ModelWatcher
 from stream_worker.online_eval import OnlineEvaluator
@@ -126,6 +127,9 @@ class Worker:
         self.kafka_reachable = threading.Event()
         self.metrics.model_version.set(loaded.metadata.version)
         self._loaded = loaded
+        # --- operations (issue 9): build info, and lag/assignment/rebalances from librdkafka's statistics
+        self.metrics.build_info.info(metrics_module.build_labels(loaded.metadata.kind))
+        self.consumer_stats = ConsumerStats(self.metrics, settings.kafka_stats_interval_ms)
         self._last_turn = time.monotonic()
         self._last_commit = 0.0
         self._last_logged: dict[str, float] = {}
@@ -412,6 +416,7 @@ class Worker:
             return
         self.inference.swap(loaded)
         self.metrics.model_version.set(loaded.metadata.version)
+        self.metrics.build_info.info(metrics_module.build_labels(loaded.metadata.kind))
         self.metrics.model_swaps.inc()
         log.info("now serving %s v%d", loaded.metadata.name, loaded.metadata.version)
 
@@ -545,7 +550,8 @@ class Worker:
                 self._log_once_a_minute("txn", "cannot initialise transactions yet (%s); retrying", exc)
 
     def _new_consumer(self) -> Consumer:
-        return Consumer({**self._client_config(consumer_config(self.settings)), "on_commit": self._on_commit})
+        config = {**self._client_config(consumer_config(self.settings)), "on_commit": self._on_commit}
+        return Consumer({**config, **self.consumer_stats.consumer_options()})  # lag and assignment metrics
 
     def _new_watcher(self) -> ModelWatcher:
         return ModelWatcher(

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 
 NAMESPACE = "streamrec"
 STAGES = ("decode", "state", "batch_wait", "inference", "publish", "commit")
@@ -191,6 +202,33 @@ class WorkerMetrics:
         for reason in MODEL_UPDATE_REJECTIONS:
             self.model_updates_rejected.labels(reason)
 
+        # --- operations (issue 9): the consumer's view of its group, the process, the build ---
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Messages between the group's committed offset and the end of each partition this worker is "
+            "assigned (librdkafka statistics)",
+            ["topic", "partition"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "assigned_partitions", "Partitions assigned to this worker", namespace=NAMESPACE, registry=registry
+        )
+        self.rebalances = Counter(
+            "consumer_rebalances_total",
+            "Consumer group rebalances this worker took part in",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.watcher_last_poll = Gauge(
+            "model_watcher_last_poll_timestamp_seconds",
+            "Unix time the model-updates watcher last finished a poll (it is alive while this advances)",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.build_info = build_info(registry)
+        register_process_metrics(registry)
+
 
 class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -224,9 +262,8 @@ class TrainerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
-        for result in ("published", "skipped", "failed"):
+        for result in ("skipped", "failed"):
             self.rounds.labels(result)
-
         # --- model lifecycle: every round ends promoted, rejected, skipped or failed ---
         self.candidate_quality = Gauge(
             "trainer_candidate_quality",
@@ -242,6 +279,37 @@ class TrainerMetrics:
         )
         for result in ("promoted", "rejected"):
             self.rounds.labels(result)
+        # --- operations (issue 9) ---
+        self.build_info = build_info(registry)
+        register_process_metrics(registry)
+
+
+# --- operations (issue 9) ---------------------------------------------------------------
+
+
+def build_info(registry: CollectorRegistry) -> Info:
+    """`streamrec_build_info{version, model_kind}`; the process sets it with `build_labels`."""
+    return Info(
+        "build",
+        "streamrec version and the kind of model this process serves or trains",
+        namespace=NAMESPACE,
+        registry=registry,
+    )
+
+
+def build_labels(model_kind: str) -> dict[str, str]:
+    try:
+        version = package_version("streamrec")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        version = "unknown"
+    return {"version": version, "model_kind": model_kind}
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """prometheus_client's `process_*` (RSS, CPU seconds, open files) and `python_info` on this
+    registry: state is held in memory, so a worker's RSS is the figure to watch."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
 
 
 Probe = Callable[[], tuple[bool, str]]

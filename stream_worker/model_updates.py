@@ -270,6 +270,7 @@ class ModelWatcher:
                 while not self._stop.is_set():
                     self._heartbeat = time.monotonic()
                     msg = consumer.poll(0.5)
+                    self._metrics.watcher_last_poll.set_to_current_time()
                     if msg is not None and not msg.error():
                         self._consider(msg.value())
             except Exception as exc:  # KafkaException while the broker is away, mostly
