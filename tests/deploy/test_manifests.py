@@ -15,9 +15,8 @@ from stream_worker.config import Settings
 from tests.deploy.conftest import CRDS, DEPLOY, OVERLAYS, REPO_ROOT, checkov_path, run
 
 CUSTOM_GROUPS = ("keda.sh", "kafka.strimzi.io", "monitoring.coreos.com")
-# Settings the deployment already sets that the application adds on another branch (issue 7:
-# static group membership). Allowed only while Settings lacks them; then they are checked like the rest.
-PENDING_SETTINGS = {"STREAMREC_INSTANCE_ID"}
+# Every STREAMREC_* name the deployment sets is a real setting.
+PENDING_SETTINGS: set[str] = set()
 
 
 def is_custom(resource: dict) -> bool:
