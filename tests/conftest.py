@@ -67,6 +67,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
             "recommendations_topic": f"t{run}.recommendations",
             "model_updates_topic": f"t{run}.model-updates",
             "dlq_topic": f"t{run}.user-events.dlq",
+            "checkpoints_topic": f"t{run}.model-checkpoints",
             "group_id": f"t{run}.worker",
             "model_dir": tmp_path / "models",
             "metrics_port": 0,
