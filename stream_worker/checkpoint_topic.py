@@ -120,6 +120,11 @@ def publish_checkpoint(settings: Settings, folder: Path, *, timeout_s: float = 3
     )
     _require_topic(producer, topic)
     deadline = time.monotonic() + timeout_s
+    uri = checkpoint_uri(topic, meta.name, meta.version)
+    there = read_manifests(settings, timeout_s=timeout_s).get(f"{prefix}/manifest")
+    if there is not None and all(_sha256(folder / FILES[p]) == there["files"][p]["sha256"] for p in FILES):
+        log.info("%s is already on the topic with the same files; not published again", uri)
+        return uri  # e.g. a rollback announcing a version that is still there
 
     chunks = _Deliveries()
     files = {}
@@ -148,23 +153,25 @@ def publish_checkpoint(settings: Settings, folder: Path, *, timeout_s: float = 3
     _produce(producer, topic, MANIFESTS_PARTITION, f"{prefix}/manifest", json.dumps(manifest).encode(), written.report)
     written.wait(producer, deadline, what=f"the manifest of {prefix}")
     # Step 3. delete versions beyond the newest `checkpoints_keep` (their records become tombstones).
-    _delete_old_versions(settings, producer, meta.name, keep_from=meta.version, deadline=deadline)
-    uri = checkpoint_uri(topic, meta.name, meta.version)
+    _delete_old_versions(settings, producer, meta.name, published=meta.version, deadline=deadline)
     log.info("published %s: %d chunks, %d bytes", uri, len(chunks.offsets), sum(f["size"] for f in files.values()))
     return uri
 
 
-def _delete_old_versions(settings: Settings, producer: Producer, name: str, *, keep_from: int, deadline: float) -> None:
+def _delete_old_versions(settings: Settings, producer: Producer, name: str, *, published: int, deadline: float) -> None:
     manifests = read_manifests(settings, timeout_s=max(deadline - time.monotonic(), 1.0))
-    versions = sorted({m["version"] for m in manifests.values() if m["name"] == name} | {keep_from}, reverse=True)
-    doomed = [v for v in versions[settings.checkpoints_keep :] if f"{_prefix(name, v)}/manifest" in manifests]
+    versions = sorted({m["version"] for m in manifests.values() if m["name"] == name} | {published}, reverse=True)
+    # The version just published always stays, even when it is older (a rollback to a deleted version).
+    beyond = versions[settings.checkpoints_keep :]
+    doomed = [v for v in beyond if v != published and f"{_prefix(name, v)}/manifest" in manifests]
     if not doomed:
         return
     tombstones = _Deliveries()
     topic = settings.checkpoints_topic
     for version in doomed:
         prefix = _prefix(name, version)
-        # The manifest first: a reader must not find a manifest whose chunks are already going.
+        # Manifests first: a reader starting now finds no manifest whose chunks are going (one that
+        # already read the manifest gets a clear missing-chunk error).
         _produce(producer, topic, MANIFESTS_PARTITION, f"{prefix}/manifest", None, tombstones.report)
         for part, spec in manifests[f"{prefix}/manifest"]["files"].items():
             for index in range(spec["chunks"]):
