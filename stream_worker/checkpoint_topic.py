@@ -104,7 +104,8 @@ def publish_checkpoint(settings: Settings, folder: Path, *, timeout_s: float = 3
     """Publish a checkpoint folder (weights + metadata) as chunks and a manifest; return its kafka:// URI.
 
     Waits for the broker's acknowledgement of every record (idempotent producer, acks=all), then
-    tombstones this name's versions beyond the newest `checkpoints_keep`."""
+    tombstones this name's versions beyond the newest `checkpoints_keep`. A version already on the
+    topic with the same files is not published again; with other files it is refused."""
     folder = Path(folder)
     meta = checkpoint.read_metadata(folder)
     if not meta.name or "/" in meta.name:
@@ -122,9 +123,16 @@ def publish_checkpoint(settings: Settings, folder: Path, *, timeout_s: float = 3
     deadline = time.monotonic() + timeout_s
     uri = checkpoint_uri(topic, meta.name, meta.version)
     there = read_manifests(settings, timeout_s=timeout_s).get(f"{prefix}/manifest")
-    if there is not None and all(_sha256(folder / FILES[p]) == there["files"][p]["sha256"] for p in FILES):
-        log.info("%s is already on the topic with the same files; not published again", uri)
-        return uri  # e.g. a rollback announcing a version that is still there
+    if there is not None:
+        if all(_sha256(folder / FILES[p]) == there["files"][p]["sha256"] for p in FILES):
+            log.info("%s is already on the topic with the same files; not published again", uri)
+            return uri  # e.g. a rollback announcing a version that is still there
+        # As in models.checkpoint.save: a version once published is never overwritten, so a worker
+        # never holds two different models under one name and version.
+        raise CheckpointTransferError(
+            f"{uri} is already published with other files; versions are never overwritten (a trainer "
+            "without its model directory can restore it first: `streamrec checkpoints fetch --name NAME`)"
+        )
 
     chunks = _Deliveries()
     files = {}

@@ -171,3 +171,35 @@ def test_only_the_newest_versions_stay_on_the_topic(settings, tmp_path):
         fetch_checkpoint(settings, uris[0], tmp_path / "pod", expected_weights_sha256=None, timeout_s=30)
     newest = fetch_checkpoint(settings, uris[-1], tmp_path / "pod", expected_weights_sha256=None, timeout_s=30)
     assert checkpoint.weights_sha256(newest) == checkpoint.weights_sha256(tmp_path / "trainer-pod" / "v000004")
+
+
+def test_publishing_again_is_idempotent_a_version_is_never_overwritten_and_the_cli_fetches_the_newest(
+    settings, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from stream_worker.cli import app
+    from tests.integration.kafka_helpers import end_offsets
+
+    folder = save_multvae(tmp_path / "trainer-pod", 50)
+    uri = publish_checkpoint(settings, folder)
+    ends = end_offsets(settings, settings.checkpoints_topic)
+    assert publish_checkpoint(settings, folder) == uri  # e.g. a rollback announcing it again
+    assert end_offsets(settings, settings.checkpoints_topic) == ends, "the same files were published twice"
+    other = save_multvae(tmp_path / "restarted-trainer", 50, seed=1)
+    with pytest.raises(CheckpointTransferError, match="versions are never overwritten"):
+        publish_checkpoint(settings, other)
+
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("STREAMREC_CHECKPOINTS_TOPIC", settings.checkpoints_topic)
+    runner = CliRunner()
+    fetched = runner.invoke(app, ["checkpoints", "fetch", "--name", "multvae", "--to", str(tmp_path / "init")])
+    assert fetched.exit_code == 0, fetched.output
+    assert checkpoint.weights_sha256(tmp_path / "init" / "multvae" / "v000001") == checkpoint.weights_sha256(folder)
+    listed = runner.invoke(app, ["checkpoints", "list"])
+    assert uri in listed.output and checkpoint.weights_sha256(folder) in listed.output
+    missing = runner.invoke(app, ["checkpoints", "fetch", "--name", "cfgan", "--to", str(tmp_path / "init")])
+    assert missing.exit_code == 1 and "holds no checkpoint of 'cfgan' yet" in missing.output
+    assert "Traceback" not in missing.output
+    tolerated = ["checkpoints", "fetch", "--name", "cfgan", "--to", str(tmp_path / "init"), "--missing-ok"]
+    assert runner.invoke(app, tolerated).exit_code == 0
