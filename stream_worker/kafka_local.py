@@ -66,6 +66,14 @@ sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
 org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";
 """
+# Appended as well with LocalKafka(acls=True): only ACLs grant anything, except to super users: the
+# first SASL user and ANONYMOUS, the principal of the PLAINTEXT controller listener on 127.0.0.1
+# (the broker half of this node talks to its controller half there; KRaft needs it to be allowed).
+ACL_PROPERTIES = """\
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{user};User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+"""
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 # Names and passwords go into `--add-scram 'SCRAM-SHA-512=[name=..,password=..]'` and a JAAS line
 # unescaped, so they are kept to characters that need no quoting in either.
@@ -84,10 +92,15 @@ class LocalKafka:
         heap: str = "512m",
         jars: Path | None = None,
         sasl_users: dict[str, str] | None = None,
+        acls: bool = False,
     ) -> None:
         """`sasl_users` (name -> password): clients must log in with SCRAM-SHA-512 as one of them.
         The credentials are stored when the data folder is formatted (the first start), so later
-        starts of the same folder must name the same users."""
+        starts of the same folder must name the same users. `acls`: the other users may do only
+        what ACLs (created by the first user) allow."""
+        if acls and not sasl_users:
+            raise ValueError("ACLs need SASL users: pass sasl_users too")
+        self.acls = acls
         for name, password in (sasl_users or {}).items():
             if not (_SAFE_CREDENTIAL.match(name) and _SAFE_CREDENTIAL.match(password)):
                 raise ValueError(f"SASL user {name!r}: names and passwords may use only letters, digits and _.@+-")
@@ -207,9 +220,10 @@ class LocalKafka:
         if not self.sasl_users:
             return ""
         user, password = next(iter(self.sasl_users.items()))
-        return SASL_PROPERTIES.format(
+        sasl = SASL_PROPERTIES.format(
             port=self.port, controller_port=self.controller_port, user=user, password=password
         )
+        return sasl + (ACL_PROPERTIES.format(user=user) if self.acls else "")
 
     def _scram_format_args(self) -> list[str]:
         """`--add-scram` per user: KRaft stores SCRAM credentials in the metadata log from format time on."""

@@ -1,7 +1,8 @@
 """An authenticated cluster for real: the local broker with a SASL_PLAINTEXT listener and
 SCRAM-SHA-512 users, a real worker (credentials from a mounted-Secret-style options file) and a
-real trainer round (credentials from STREAMREC_KAFKA_OPTIONS, checkpoints through Kafka); a wrong
-password fails in one sentence. Passwords are generated for each run and never written to the repo."""
+real trainer round (credentials from STREAMREC_KAFKA_OPTIONS, checkpoints through Kafka), each
+allowed only what least-privilege ACLs grant; a wrong password fails in one sentence. Passwords
+are generated for each run and never written to the repo."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from stream_worker.codec import MODEL_UPDATE, make_codec
-from stream_worker.config import load_settings
+from stream_worker.config import Settings, load_settings
 from stream_worker.kafka_auth import KafkaLoginError, check_kafka_login
 from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
 from stream_worker.replay import publish_events
@@ -42,7 +52,11 @@ USERS = ("admin", "worker", "trainer")  # the first is the broker's own identity
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     users = {name: secrets.token_urlsafe(18) for name in USERS}
     broker = LocalKafka(
-        port=free_port(), home=tmp_path_factory.mktemp("kafka-sasl"), jars=DEFAULT_HOME / "jars", sasl_users=users
+        port=free_port(),
+        home=tmp_path_factory.mktemp("kafka-sasl"),
+        jars=DEFAULT_HOME / "jars",
+        sasl_users=users,
+        acls=True,  # worker and trainer may do only what `grant_least_privilege` allows
     )
     broker.start()
     try:
@@ -58,6 +72,41 @@ def login(broker: LocalKafka, user: str, password: str | None = None) -> dict[st
         "sasl.username": user,
         "sasl.password": broker.sasl_users[user] if password is None else password,
     }
+
+
+def grant_least_privilege(admin: Settings, settings: Settings, *, worker: str, trainer: str) -> None:
+    """The ACLs worker and trainer need, and no more (what Strimzi KafkaUsers should grant too).
+    READ and WRITE imply DESCRIBE. The consumer groups are the worker group and the fixed
+    suffixes the watcher, the trainer and the checkpoint reader add to it."""
+    g = settings.group_id
+    grants = {
+        worker: [
+            (ResourceType.TOPIC, settings.events_topic, AclOperation.READ),
+            (ResourceType.TOPIC, settings.recommendations_topic, AclOperation.WRITE),
+            (ResourceType.TOPIC, settings.dlq_topic, AclOperation.WRITE),
+            (ResourceType.TOPIC, settings.model_updates_topic, AclOperation.READ),
+            (ResourceType.TOPIC, settings.checkpoints_topic, AclOperation.READ),
+            (ResourceType.GROUP, g, AclOperation.READ),
+            (ResourceType.GROUP, f"{g}.model-watcher", AclOperation.READ),
+            (ResourceType.GROUP, f"{g}.checkpoints", AclOperation.READ),
+        ],
+        trainer: [
+            (ResourceType.TOPIC, settings.events_topic, AclOperation.READ),
+            (ResourceType.TOPIC, settings.model_updates_topic, AclOperation.WRITE),
+            (ResourceType.TOPIC, settings.checkpoints_topic, AclOperation.WRITE),
+            (ResourceType.TOPIC, settings.checkpoints_topic, AclOperation.READ),  # manifests: what to delete
+            (ResourceType.GROUP, f"{g}.trainer", AclOperation.READ),
+            (ResourceType.GROUP, f"{g}.checkpoints", AclOperation.READ),
+        ],
+    }
+    bindings = [
+        AclBinding(kind, name, ResourcePatternType.LITERAL, f"User:{user}", "*", operation, AclPermissionType.ALLOW)
+        for user, rules in grants.items()
+        for kind, name, operation in rules
+    ]
+    client = AdminClient(admin.kafka_common())  # held until every future is resolved
+    for future in client.create_acls(bindings).values():
+        future.result(timeout=30)
 
 
 @pytest.fixture
@@ -104,28 +153,37 @@ def test_worker_and_trainer_log_in_with_scram_and_models_travel_through_kafka(sa
     monkeypatch.delenv("STREAMREC_KAFKA_OPTIONS")
     check_kafka_login(worker_settings)
     check_kafka_login(trainer_settings)
+    # The upstream app and the test's own reading log in as the admin (a super user).
+    admin = load_settings(**base, kafka_options=login(sasl_broker, "admin"))
+    ensure_topics(admin, partitions=2)
+    grant_least_privilege(admin, worker_settings, worker="worker", trainer="trainer")
 
-    ensure_topics(worker_settings, partitions=2)
     first = train_synthetic_model(WORLD, trainer_settings.model_dir)  # v1, on both "pods"
     shutil.copytree(first, worker_settings.model_dir / first.name)
     now_ms = int(time.time() * 1000)
     before = list(WORLD.events(1500, seed=4, start_ms=now_ms - 60_000))
     after = list(WORLD.events(500, seed=5, start_ms=now_ms))
-    publish_events(worker_settings, before)
+    publish_events(admin, before)
 
     with running_worker(worker_settings) as worker:
-        wait_until(lambda: drained(worker_settings), 60, "the worker to drain the first events over SASL")
+        wait_until(lambda: drained(admin), 60, "the worker to drain the first events over SASL")
         assert Trainer(trainer_settings).round() is not None
         wait_until(lambda: worker.inference.model_version == 2, 90, "the worker to fetch and swap in version 2")
-        publish_events(worker_settings, after)
-        wait_until(lambda: drained(worker_settings), 60, "the worker to drain the events after the swap")
+        publish_events(admin, after)
+        wait_until(lambda: drained(admin), 60, "the worker to drain the events after the swap")
 
     codec = make_codec(MODEL_UPDATE, trainer_settings.model_updates_topic, None)
-    [update] = [codec.decode(r.value) for r in read_topic(worker_settings, worker_settings.model_updates_topic)]
+    [update] = [codec.decode(r.value) for r in read_topic(admin, admin.model_updates_topic)]
     assert update["checkpoint_uri"] == f"kafka://{base['checkpoints_topic']}/multvae/v000002"
     assert (tmp_path / "worker-cache" / "multvae" / "v000002" / "weights.safetensors").is_file()
     assert not (worker_settings.model_dir / "v000002").exists(), "the worker must not need the trainer's folder"
-    newest = newest_per_user(read_recommendations(worker_settings))
+    # The ACLs hold: a worker cannot announce a model (nor can anyone without WRITE there).
+    refused: list = []
+    rogue = Producer(worker_settings.kafka_common())
+    rogue.produce(admin.model_updates_topic, b"x", b"multvae", on_delivery=lambda err, _m: refused.append(err))
+    rogue.flush(30)
+    assert refused and refused[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, refused
+    newest = newest_per_user(read_recommendations(admin))
     users_after = {e.user_id for e in after}
     assert users_after <= set(newest)
     assert all(newest[u]["model_version"] == 2 and len(newest[u]["items"]) == 10 for u in users_after)

@@ -49,6 +49,9 @@ def test_the_sasl_broker_stores_scram_users_at_format_time_and_logs_in_as_the_fi
     ]
     assert "listeners=SASL_PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093" in broker._sasl_properties()
     assert broker.client_options()["sasl.username"] == "admin"
+    assert "authorizer.class.name" not in broker._sasl_properties()
+    with_acls = LocalKafka(port=19092, home=tmp_path, sasl_users={"admin": "a-secret"}, acls=True)
+    assert "super.users=User:admin;User:ANONYMOUS" in with_acls._sasl_properties()
     assert LocalKafka(port=19092, home=tmp_path).client_options() == {}
     with pytest.raises(ValueError, match="only letters, digits"):
         LocalKafka(home=tmp_path, sasl_users={"worker": "pass,word]"})
