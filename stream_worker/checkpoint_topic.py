@@ -242,8 +242,8 @@ def read_manifests(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, 
             continue
         try:
             manifest = json.loads(msg.value())
-            if manifest.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format {manifest.get('format')!r}")
+            if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"not a format {MANIFEST_FORMAT} manifest")
         except ValueError as exc:
             log.warning("ignoring an unreadable manifest %s at offset %d: %s", key, msg.offset(), exc)
             continue
@@ -263,6 +263,7 @@ def local_checkpoint(settings: Settings, uri: str, *, expected_weights_sha256: s
     if not uri.startswith(SCHEME):
         return Path(uri)
     cache = settings.checkpoint_cache_dir or Path(tempfile.gettempdir()) / "streamrec-checkpoints"
+    _, version = parse_uri(settings, uri)
     folder = fetch_checkpoint(
         settings,
         uri,
@@ -271,7 +272,8 @@ def local_checkpoint(settings: Settings, uri: str, *, expected_weights_sha256: s
         timeout_s=settings.checkpoint_fetch_timeout_s,
     )
     for old in checkpoint.versions(folder.parent)[: -settings.checkpoints_keep]:
-        shutil.rmtree(checkpoint.version_dir(folder.parent, old), ignore_errors=True)
+        if old != version:  # a rollback fetches an older version: that one stays
+            shutil.rmtree(checkpoint.version_dir(folder.parent, old), ignore_errors=True)
     return folder
 
 

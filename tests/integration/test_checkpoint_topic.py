@@ -5,6 +5,7 @@ is missing or differs from the manifest is detected, and nothing half-written is
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from stream_worker.checkpoint_topic import (
     CheckpointNotFound,
     CheckpointTransferError,
     fetch_checkpoint,
+    local_checkpoint,
     publish_checkpoint,
     read_manifests,
 )
@@ -171,6 +173,15 @@ def test_only_the_newest_versions_stay_on_the_topic(settings, tmp_path):
         fetch_checkpoint(settings, uris[0], tmp_path / "pod", expected_weights_sha256=None, timeout_s=30)
     newest = fetch_checkpoint(settings, uris[-1], tmp_path / "pod", expected_weights_sha256=None, timeout_s=30)
     assert checkpoint.weights_sha256(newest) == checkpoint.weights_sha256(tmp_path / "trainer-pod" / "v000004")
+
+    # A worker's cache keeps the newest versions too, but never the one just fetched (a rollback).
+    cache = tmp_path / "pod" / "multvae"
+    for newer in ("v000005", "v000006"):
+        shutil.copytree(newest, cache / newer)
+    settings = settings.model_copy(update={"checkpoint_cache_dir": tmp_path / "pod"})
+    rolled_back = local_checkpoint(settings, uris[2], expected_weights_sha256=None)
+    assert sorted(p.name for p in cache.iterdir()) == ["v000003", "v000005", "v000006"]
+    assert checkpoint.load(rolled_back).metadata.version == 3
 
 
 def test_publishing_again_is_idempotent_a_version_is_never_overwritten_and_the_cli_fetches_the_newest(
