@@ -152,8 +152,8 @@ class Settings(BaseSettings):
     # --- Kafka credentials from a file ---------------------------------------------------
     kafka_options_file: Path | None = Field(
         None,
-        description="JSON or key=value file of librdkafka settings (e.g. sasl.password, mounted from a Secret); "
-        "read when a client is built; STREAMREC_KAFKA_OPTIONS wins on the same key",
+        description="JSON or key=value file of librdkafka settings (e.g. sasl.password, mounted from a Secret), "
+        "or a folder of one file per key; read when a client is built; STREAMREC_KAFKA_OPTIONS wins on the same key",
     )
 
     @field_validator("bootstrap_servers")
@@ -222,13 +222,19 @@ class Settings(BaseSettings):
 
 
 def read_kafka_options_file(path: Path | None) -> dict[str, str]:
-    """librdkafka settings from a file: a JSON object, or `key=value` lines (`#` comments).
+    """librdkafka settings from a file: a JSON object, or `key=value` lines (`#` comments); or
+    from a folder with one file per setting, named by its key (a Secret mounted as a volume, e.g.
+    Strimzi's KafkaUser Secret with `items: [{key: password, path: sasl.password}]`).
 
     Read each time a client is built, so a rotated Secret takes effect with the next client.
     Hand-written because the `key=value` subset that Secrets hold needs no properties library
     (no escapes or line continuations are interpreted). Raises ValueError naming the file."""
     if path is None:
         return {}
+    if Path(path).is_dir():
+        # Kubernetes adds hidden entries (..data, ..<timestamp>) beside the key files.
+        keys = sorted(p for p in Path(path).iterdir() if not p.name.startswith(".") and p.is_file())
+        return {p.name: p.read_text().rstrip("\r\n") for p in keys}
     try:
         text = Path(path).read_text()
     except OSError as exc:

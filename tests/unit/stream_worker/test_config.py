@@ -60,6 +60,19 @@ def test_kafka_options_come_from_a_json_or_key_value_file_and_the_variable_wins(
     assert load_settings().kafka_common()["sasl.password"] == "p=w"  # split at the first '=' only
 
 
+def test_kafka_options_come_from_a_mounted_secret_folder_one_file_per_key(monkeypatch, tmp_path):
+    # As Kubernetes mounts a Secret: a file per key (here renamed from Strimzi's `password`), plus
+    # hidden bookkeeping entries that are not settings.
+    (tmp_path / "..2026_11_28_15_00_00.123").mkdir()
+    (tmp_path / "..data").symlink_to(tmp_path / "..2026_11_28_15_00_00.123")
+    (tmp_path / "sasl.password").write_text("from-the-secret\n")
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS", '{"sasl.username": "streamrec-worker"}')
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS_FILE", str(tmp_path))
+    common = load_settings().kafka_common()
+    assert common["sasl.password"] == "from-the-secret" and common["sasl.username"] == "streamrec-worker"
+    assert not any(key.startswith(".") for key in common)
+
+
 @pytest.mark.parametrize(
     ("content", "says"),
     [
