@@ -43,6 +43,7 @@ from stream_worker.checkpoint_topic import (
     CheckpointIntegrityError,
     CheckpointTransferError,
     local_checkpoint,
+    parse_uri,
     publish_checkpoint,
 )
 from stream_worker.codec import MODEL_UPDATE, DecodeError, make_codec
@@ -210,6 +211,10 @@ def fetched_from_kafka(
     stale = update.get("action") != "rollback" and update["version"] <= newest.get(update["model_name"], 0)
     if not update["checkpoint_uri"].startswith(SCHEME) or stale:
         return update, limits
+    try:
+        parse_uri(settings, update["checkpoint_uri"])  # only on this deployment's checkpoints topic
+    except CheckpointTransferError as exc:
+        raise Rejected("location", str(exc)) from None
     try:
         folder = local_checkpoint(
             settings, update["checkpoint_uri"], expected_weights_sha256=update.get("weights_sha256")

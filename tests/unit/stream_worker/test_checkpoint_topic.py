@@ -55,3 +55,19 @@ def test_the_sasl_broker_stores_scram_users_at_format_time_and_logs_in_as_the_fi
     assert LocalKafka(port=19092, home=tmp_path).client_options() == {}
     with pytest.raises(ValueError, match="only letters, digits"):
         LocalKafka(home=tmp_path, sasl_users={"worker": "pass,word]"})
+
+
+def test_the_watcher_refuses_a_kafka_uri_on_another_topic_and_fetches_nothing_for_a_stale_version(tmp_path):
+    from stream_worker.model_updates import Limits, Rejected, fetched_from_kafka
+
+    settings = load_settings()
+    limits = Limits(root=tmp_path, max_weights_bytes=1 << 30, min_item_overlap=0.5, max_version_jump=1000)
+    update = {"model_name": "multvae", "version": 3, "checkpoint_uri": "kafka://elsewhere/multvae/v000003"}
+    with pytest.raises(Rejected, match="not the checkpoints topic") as refused:
+        fetched_from_kafka(settings, update, limits, {"multvae": 2})
+    assert refused.value.reason == "location"
+    # Not newer than what is known: handed to `verify` unchanged (which refuses it), no broker asked.
+    stale = {**update, "checkpoint_uri": "kafka://model-checkpoints/multvae/v000003"}
+    assert fetched_from_kafka(settings, stale, limits, {"multvae": 3}) == (stale, limits)
+    plain = {**update, "checkpoint_uri": str(tmp_path / "v000003")}
+    assert fetched_from_kafka(settings, plain, limits, {"multvae": 2}) == (plain, limits)
