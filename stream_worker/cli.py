@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from stream_worker.checkpoints_cli import checkpoints_app
 from stream_worker.config import ConfigError, Settings, load_settings
 from stream_worker.kafka_local import DEFAULT_HOME, KafkaStartError, LocalKafka
 from stream_worker.models_cli import app as models_app
@@ -34,6 +35,7 @@ topics_app = typer.Typer(help="The topics streamrec reads and writes.")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
+app.add_typer(checkpoints_app, name="checkpoints")  # checkpoints on the Kafka topic (checkpoints_cli.py)
 console = Console(stderr=True)
 
 Bootstrap = Annotated[

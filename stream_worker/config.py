@@ -174,6 +174,32 @@ class Settings(BaseSettings):
     kafka_stats_interval_ms: int = Field(
         5000, ge=0, description="How often the worker's consumer reports lag and assignment to /metrics; 0 = off"
     )
+    # --- checkpoints through Kafka ---------------------------------------------------------
+    checkpoint_store: Literal["directory", "kafka"] = Field(
+        "directory",
+        description="Where the trainer's checkpoints reach workers: directory = the model directory (a shared "
+        "volume), kafka = chunked records on the checkpoints topic",
+    )
+    checkpoints_topic: str = Field(
+        "model-checkpoints", description="Compacted topic that carries checkpoint files in chunks (store = kafka)"
+    )
+    checkpoints_keep: int = Field(
+        3, ge=1, description="Versions per model name kept on the checkpoints topic; older ones are tombstoned"
+    )
+    checkpoint_cache_dir: Path | None = Field(
+        None,
+        description="Where a worker assembles checkpoints fetched from Kafka; unset = <temp dir>/streamrec-checkpoints",
+    )
+    checkpoint_fetch_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a worker spends fetching one checkpoint from Kafka"
+    )
+
+    # --- Kafka credentials from a file ---------------------------------------------------
+    kafka_options_file: Path | None = Field(
+        None,
+        description="JSON or key=value file of librdkafka settings (e.g. sasl.password, mounted from a Secret), "
+        "or a folder of one file per key; read when a client is built; STREAMREC_KAFKA_OPTIONS wins on the same key",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -215,6 +241,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _checkpoints_topic_is_its_own(self) -> Settings:
+        topics = {self.events_topic, self.recommendations_topic, self.model_updates_topic, self.dlq_topic}
+        if self.checkpoints_topic in topics:
+            raise ValueError(f"the checkpoints topic must differ from the other topics, got {self.checkpoints_topic!r}")
+        return self
+
+    @field_validator("kafka_options_file")
+    @classmethod
+    def _options_file_is_readable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_kafka_options_file(value)  # fail at start-up, not when the first client is built
+        return value
+
     def to_env(self) -> dict[str, str]:
         """These settings as STREAMREC_* variables, for a child process (dicts as JSON)."""
         env = {}
@@ -225,7 +265,49 @@ class Settings(BaseSettings):
 
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings every client of ours shares."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_options}
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **read_kafka_options_file(self.kafka_options_file),
+            **self.kafka_options,
+        }
+
+
+def read_kafka_options_file(path: Path | None) -> dict[str, str]:
+    """librdkafka settings from a file: a JSON object, or `key=value` lines (`#` comments); or
+    from a folder with one file per setting, named by its key (a Secret mounted as a volume, e.g.
+    Strimzi's KafkaUser Secret with `items: [{key: password, path: sasl.password}]`).
+
+    Read each time a client is built, so a rotated Secret takes effect with the next client.
+    Hand-written because the `key=value` subset that Secrets hold needs no properties library
+    (no escapes or line continuations are interpreted). Raises ValueError naming the file."""
+    if path is None:
+        return {}
+    if Path(path).is_dir():
+        # Kubernetes adds hidden entries (..data, ..<timestamp>) beside the key files.
+        keys = sorted(p for p in Path(path).iterdir() if not p.name.startswith(".") and p.is_file())
+        return {p.name: p.read_text().rstrip("\r\n") for p in keys}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read the Kafka options file {path}: {exc.strerror or exc}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            options = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"the Kafka options file {path} is not valid JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"the Kafka options file {path} must hold a JSON object")
+        return {str(k): str(v) for k, v in options.items()}
+    options = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"line {number} of the Kafka options file {path} is not key=value")
+        options[key.strip()] = value.strip()
+    return options
 
 
 # STREAMREC_* variables that are not settings of the worker or trainer, but are read elsewhere.

@@ -13,6 +13,7 @@ server.properties and the pid file. Both calls are idempotent.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,14 +52,59 @@ log.retention.hours=168
 """
 
 
+# Appended to SERVER_PROPERTIES when the broker authenticates clients (later keys win in a
+# properties file): clients use SASL_PLAINTEXT with SCRAM-SHA-512, the controller stays PLAINTEXT
+# on 127.0.0.1. The first user is the broker's own identity on its listener.
+SASL_PROPERTIES = """\
+# SASL/SCRAM-SHA-512 for clients (LocalKafka(sasl_users=...)); credentials were stored at format time.
+listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";
+"""
+# Appended as well with LocalKafka(acls=True): only ACLs grant anything, except to super users: the
+# first SASL user and ANONYMOUS, the principal of the PLAINTEXT controller listener on 127.0.0.1
+# (the broker half of this node talks to its controller half there; KRaft needs it to be allowed).
+ACL_PROPERTIES = """\
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{user};User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+"""
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# Names and passwords go into `--add-scram 'SCRAM-SHA-512=[name=..,password=..]'` and a JAAS line
+# unescaped, so they are kept to characters that need no quoting in either.
+_SAFE_CREDENTIAL = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
+
+
 class KafkaStartError(Exception):
     """The local broker could not be started; the message says why and where its log is."""
 
 
 class LocalKafka:
     def __init__(
-        self, port: int = 9092, home: Path = DEFAULT_HOME, heap: str = "512m", jars: Path | None = None
+        self,
+        port: int = 9092,
+        home: Path = DEFAULT_HOME,
+        heap: str = "512m",
+        jars: Path | None = None,
+        sasl_users: dict[str, str] | None = None,
+        acls: bool = False,
     ) -> None:
+        """`sasl_users` (name -> password): clients must log in with SCRAM-SHA-512 as one of them.
+        The credentials are stored when the data folder is formatted (the first start), so later
+        starts of the same folder must name the same users. `acls`: the other users may do only
+        what ACLs (created by the first user) allow."""
+        if acls and not sasl_users:
+            raise ValueError("ACLs need SASL users: pass sasl_users too")
+        self.acls = acls
+        for name, password in (sasl_users or {}).items():
+            if not (_SAFE_CREDENTIAL.match(name) and _SAFE_CREDENTIAL.match(password)):
+                raise ValueError(f"SASL user {name!r}: names and passwords may use only letters, digits and _.@+-")
+        self.sasl_users = dict(sasl_users or {})
         self.port = port
         self.controller_port = port + 1
         self.home = Path(home)
@@ -88,11 +134,19 @@ class LocalKafka:
         properties = self.base / "server.properties"
         properties.write_text(
             SERVER_PROPERTIES.format(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir)
+            + self._sasl_properties()
         )
+        properties.chmod(0o600)  # it may hold the broker's SASL password
         if not (self.data_dir / "meta.properties").exists():
             # "=" because a random id may start with "-", which would read as an option.
             self._java(
-                "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(properties), check=True
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={_cluster_id()}",
+                "-c",
+                str(properties),
+                *self._scram_format_args(),
+                check=True,
             )
         with open(self.base / "stdout.log", "ab") as out:
             process = subprocess.Popen(
@@ -148,7 +202,35 @@ class LocalKafka:
             raise KafkaStartError(f"fetching the Kafka jars with Maven failed:\n{result.stdout}{result.stderr}")
         staging.rename(self.jars)
 
+    def client_options(self) -> dict[str, str]:
+        """librdkafka settings to log in as the first SASL user ({} for a PLAINTEXT broker)."""
+        if not self.sasl_users:
+            return {}
+        user, password = next(iter(self.sasl_users.items()))
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": user,
+            "sasl.password": password,
+        }
+
     # --- internals ---------------------------------------------------------------------------
+
+    def _sasl_properties(self) -> str:
+        if not self.sasl_users:
+            return ""
+        user, password = next(iter(self.sasl_users.items()))
+        sasl = SASL_PROPERTIES.format(
+            port=self.port, controller_port=self.controller_port, user=user, password=password
+        )
+        return sasl + (ACL_PROPERTIES.format(user=user) if self.acls else "")
+
+    def _scram_format_args(self) -> list[str]:
+        """`--add-scram` per user: KRaft stores SCRAM credentials in the metadata log from format time on."""
+        return [
+            f"--add-scram={SCRAM_MECHANISM}=[name={name},password={password}]"
+            for name, password in self.sasl_users.items()
+        ]
 
     def _java_command(self, main_class: str, *args: str) -> list[str]:
         return [
@@ -184,7 +266,7 @@ class LocalKafka:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + timeout_s
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0, **self.client_options()})
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)

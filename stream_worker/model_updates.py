@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -38,6 +38,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from models import checkpoint
 from models.checkpoint import CheckpointError, CheckpointMetadata, LoadedModel
+from stream_worker.checkpoint_topic import (
+    SCHEME,
+    CheckpointIntegrityError,
+    CheckpointTransferError,
+    local_checkpoint,
+    parse_uri,
+    publish_checkpoint,
+)
 from stream_worker.codec import MODEL_UPDATE, DecodeError, make_codec
 from stream_worker.config import Settings
 from stream_worker.metrics import WorkerMetrics
@@ -66,12 +74,15 @@ def announce(
     `action` is "promote" (workers move up to this version) or "rollback" (workers move back
     to it, although it is older than what they serve)."""
     codec = make_codec(MODEL_UPDATE, settings.model_updates_topic, settings.schema_registry_url)
+    uri = str(Path(path).resolve())
+    if settings.checkpoint_store == "kafka":  # checkpoints through Kafka (i9k): workers in any pod can fetch it
+        uri = publish_checkpoint(settings, path)
     value = codec.encode(
         {
             "model_name": meta.name,
             "model_kind": meta.kind,
             "version": meta.version,
-            "checkpoint_uri": str(Path(path).resolve()),
+            "checkpoint_uri": uri,
             "created_at": meta.created_at_ms,
             "window_start": window[0] if window else None,
             "window_end": window[1] if window else None,
@@ -187,6 +198,32 @@ def verify(
         return checkpoint.load_bytes(folder, metadata, weights, device)
     except Exception as exc:  # safetensors or a shape mismatch: the file is not what it claims
         raise Rejected("load", f"{weights_file} does not load: {type(exc).__name__}: {exc}") from None
+
+
+def fetched_from_kafka(
+    settings: Settings, update: dict[str, Any], limits: Limits, newest: dict[str, int]
+) -> tuple[dict[str, Any], Limits]:
+    """Checkpoints through Kafka (i9k, stream_worker/checkpoint_topic.py): a kafka:// checkpoint is
+    fetched into the local cache with its sizes and hashes checked against the manifest and the
+    announcement; `verify` then checks it like any folder, the cache being where it must resolve.
+    Other URIs pass unchanged, and so do announcements `verify` refuses for their version alone
+    (nothing is downloaded for them)."""
+    stale = update.get("action") != "rollback" and update["version"] <= newest.get(update["model_name"], 0)
+    if not update["checkpoint_uri"].startswith(SCHEME) or stale:
+        return update, limits
+    try:
+        parse_uri(settings, update["checkpoint_uri"])  # only on this deployment's checkpoints topic
+    except CheckpointTransferError as exc:
+        raise Rejected("location", str(exc)) from None
+    try:
+        folder = local_checkpoint(
+            settings, update["checkpoint_uri"], expected_weights_sha256=update.get("weights_sha256")
+        )
+    except CheckpointIntegrityError as exc:
+        raise Rejected("hash", str(exc)) from None
+    except CheckpointTransferError as exc:
+        raise Rejected("file", str(exc)) from None
+    return {**update, "checkpoint_uri": str(folder)}, replace(limits, root=folder.parent.resolve())
 
 
 def _regular_file(path: Path, root: Path, max_bytes: int) -> Path:
@@ -328,7 +365,9 @@ class ModelWatcher:
 
         def run() -> None:
             try:
-                outcome.append(verify(*args))
+                # i9k: a kafka:// checkpoint is fetched into the local cache first (checkpoint_topic.py).
+                fetched, limits = fetched_from_kafka(self._settings, update, self._limits, args[2])
+                outcome.append(verify(fetched, limits, *args[2:]))
             except BaseException as exc:
                 outcome.append(exc)
 

@@ -68,6 +68,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
             "model_updates_topic": f"t{run}.model-updates",
             "dlq_topic": f"t{run}.user-events.dlq",
             "state_topic": f"t{run}.user-state",
+            "checkpoints_topic": f"t{run}.model-checkpoints",
             "group_id": f"t{run}.worker",
             "model_dir": tmp_path / "models",
             "metrics_port": 0,

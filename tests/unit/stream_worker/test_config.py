@@ -41,3 +41,58 @@ def test_a_bad_setting_stops_with_one_sentence_naming_it(monkeypatch, env, value
     with pytest.raises(ConfigError, match=says) as error:
         load_settings()
     assert "\n" not in str(error.value)
+
+
+# --- Kafka credentials from a file ---------------------------------------------------------
+
+
+def test_kafka_options_come_from_a_json_or_key_value_file_and_the_variable_wins(monkeypatch, tmp_path):
+    as_json = tmp_path / "kafka.json"
+    as_json.write_text('{"sasl.username": "worker", "sasl.password": "from-the-file", "security.protocol": "SSL"}')
+    as_lines = tmp_path / "client.properties"
+    as_lines.write_text("# a comment\nsasl.username = worker\n\nsasl.password=p=w\n")
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS", '{"security.protocol": "SASL_SSL"}')
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS_FILE", str(as_json))
+    common = load_settings().kafka_common()
+    assert common["sasl.password"] == "from-the-file" and common["security.protocol"] == "SASL_SSL"
+    assert "from-the-file" not in str(load_settings().to_env()), "the password would be in a child's environment"
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS_FILE", str(as_lines))
+    assert load_settings().kafka_common()["sasl.password"] == "p=w"  # split at the first '=' only
+
+
+def test_kafka_options_come_from_a_mounted_secret_folder_one_file_per_key(monkeypatch, tmp_path):
+    # As Kubernetes mounts a Secret: a file per key (here renamed from Strimzi's `password`), plus
+    # hidden bookkeeping entries that are not settings.
+    (tmp_path / "..2026_11_28_15_00_00.123").mkdir()
+    (tmp_path / "..data").symlink_to(tmp_path / "..2026_11_28_15_00_00.123")
+    (tmp_path / "sasl.password").write_text("from-the-secret\n")
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS", '{"sasl.username": "streamrec-worker"}')
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS_FILE", str(tmp_path))
+    common = load_settings().kafka_common()
+    assert common["sasl.password"] == "from-the-secret" and common["sasl.username"] == "streamrec-worker"
+    assert not any(key.startswith(".") for key in common)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read the Kafka options file"),
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "is not key=value"),
+        ("sasl.username worker", "line 1 of the Kafka options file"),
+    ],
+)
+def test_a_bad_kafka_options_file_stops_with_one_sentence(monkeypatch, tmp_path, content, says):
+    path = tmp_path / "kafka.options"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("STREAMREC_KAFKA_OPTIONS_FILE", str(path))
+    with pytest.raises(ConfigError, match="STREAMREC_KAFKA_OPTIONS_FILE") as error:
+        load_settings()
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_checkpoints_topic_must_be_its_own(monkeypatch):
+    monkeypatch.setenv("STREAMREC_CHECKPOINTS_TOPIC", "model-updates")
+    with pytest.raises(ConfigError, match="checkpoints topic must differ"):
+        load_settings()
