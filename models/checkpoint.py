@@ -169,6 +169,13 @@ def load(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     cls = REGISTRY[metadata.kind]
     config = cls.Config(**metadata.hyperparameters)
     model = cls(len(metadata.item_ids), config)
-    model.load_tensors(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    except Exception as exc:  # safetensors' errors name neither the file nor what to do
+        raise CheckpointError(
+            f"{folder / WEIGHTS_FILE} cannot be read ({exc}); it is truncated or not a safetensors file — "
+            "train the model again or point at another version"
+        ) from exc
+    model.load_tensors(tensors)
     model.to(device)
     return LoadedModel(model=model, metadata=metadata, path=folder)

@@ -69,6 +69,9 @@ def plot(protocol: str, results: list[dict[str, Any]], published: dict[str, dict
             curves.set_ylabel(f"validation {key[4:]}")
     curves.set_xlabel("epoch")
     curves.set_title("training curves (seed 0)")
-    curves.legend(fontsize=7)
+    if curves.lines:
+        curves.legend(fontsize=7)
+    else:  # no iterative model among those compared: say so instead of an empty legend
+        curves.text(0.5, 0.5, "no iterative model: no training curve", ha="center", va="center")
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     trainer_torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0 = torch's default")
     trainer_metrics_port: int = Field(9465, ge=0, le=65535, description="The trainer's /metrics port; 0 = off")
 
+    # --- first hour: reachability ---------------------------------------------------------
+    kafka_check_timeout_s: float = Field(
+        5.0, gt=0, description="Commands give up on an unreachable cluster after this many seconds"
+    )
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_look_like_host_port(cls, value: str) -> str:
@@ -158,10 +163,26 @@ def load_settings(**overrides: Any) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
+    except SettingsError as exc:
+        raise ConfigError(_not_json_sentence(exc)) from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
             where = f"{ENV_PREFIX}{field.upper()}" if error["loc"] else "settings"
+            if error["loc"] and error["loc"][0] == "kafka_options" and len(error["loc"]) > 1:
+                where = f"{ENV_PREFIX}KAFKA_OPTIONS[{error['loc'][1]!r}]"
+                error["msg"] += ' (librdkafka values are JSON strings, e.g. {"linger.ms": "20"})'
             problems.append(f"{where}: {error['msg']}")
         raise ConfigError("Invalid configuration - " + "; ".join(problems)) from None
+
+
+def _not_json_sentence(exc: SettingsError) -> str:
+    """pydantic-settings could not parse a variable as JSON; name it and show the shape it wants."""
+    field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+    variable = f"{ENV_PREFIX}{field.upper()}" if field else "a STREAMREC_ variable"
+    examples = {
+        "kafka_options": '\'{"security.protocol": "SASL_SSL", "linger.ms": "20"}\' (values are strings)',
+        "event_weights": '\'{"PURCHASE": 10, "VIEW": 0.5}\'',
+    }
+    return f"{variable} is not valid JSON; write a JSON object, e.g. {variable}={examples.get(field, '{...}')}"
