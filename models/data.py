@@ -67,7 +67,7 @@ def _detect_format(path: Path) -> tuple[bytes, bool]:
     for sep in (b"::", b"\t", b",", b" "):
         if sep in first:
             has_header = not first.split(sep)[0].strip().replace(b".", b"").isdigit()
-            if has_header and sep != b",":  # only ratings.csv has a header
+            if has_header and not (sep == b"," and b"user" in first.lower()):  # ratings.csv's: userId,...
                 break
             return sep, has_header
     raise RatingsFileError(f"{path}:1: cannot tell the format from the first line {first[:80]!r}; {FORMATS}")

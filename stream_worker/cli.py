@@ -61,8 +61,9 @@ kafka_app = typer.Typer(help="A local single-node Apache Kafka (KRaft) for devel
 topics_app = typer.Typer(help="The topics streamrec reads and writes.")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
-# A pipe or a log file is not 80 columns wide: never cut or wrap lines there.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# A pipe or a log file has no width: rich would assume 80 columns and cut or wrap lines there.
+_TTY = sys.stderr.isatty()
+console = Console(stderr=True, width=None if _TTY else 120, soft_wrap=not _TTY)
 _VERBOSE = {"on": False}
 
 Bootstrap = Annotated[
@@ -97,15 +98,9 @@ def _verbose() -> bool:
 
 def explain(exc: BaseException) -> tuple[str, int]:
     """The one sentence and exit code for an exception that reached the command line."""
-    from models.checkpoint import CheckpointError
-    from models.data import RatingsFileError
-    from stream_worker.kafka_check import KafkaConfigError, KafkaUnavailable
-    from stream_worker.replay import PublishError
-    from stream_worker.tail import TitlesFileError
-
-    if isinstance(exc, ConfigError | KafkaConfigError | RatingsFileError | TitlesFileError | CheckpointError):
+    if isinstance(exc, _loaded_classes(USAGE_ERRORS)):
         return str(exc), USAGE
-    if isinstance(exc, KafkaUnavailable | KafkaStartError | PublishError):
+    if isinstance(exc, _loaded_classes(RUNTIME_ERRORS)):
         return str(exc), RUNTIME
     if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError) and exc.filename:
         return f"{exc.filename}: {exc.strerror.lower()} — check the path", USAGE
@@ -113,6 +108,27 @@ def explain(exc: BaseException) -> tuple[str, int]:
         return f"a port this command listens on is taken ({exc.strerror}) — stop the other process", RUNTIME
     name = type(exc).__name__
     return f"unexpected {name}: {exc} — run again with --verbose for the traceback", RUNTIME
+
+
+# Exceptions whose message is already the one sentence a person needs, by module and name.
+USAGE_ERRORS = [
+    ("stream_worker.config", "ConfigError"),
+    ("stream_worker.kafka_check", "KafkaConfigError"),
+    ("stream_worker.tail", "TitlesFileError"),
+    ("models.data", "RatingsFileError"),
+    ("models.checkpoint", "CheckpointError"),
+]
+RUNTIME_ERRORS = [
+    ("stream_worker.kafka_check", "KafkaUnavailable"),
+    ("stream_worker.kafka_local", "KafkaStartError"),
+    ("stream_worker.replay", "PublishError"),
+]
+
+
+def _loaded_classes(names: list[tuple[str, str]]) -> tuple[type, ...]:
+    """The classes among `names` whose module is imported: an exception of a class whose module
+    was never imported cannot have been raised, and importing models.* would load torch (seconds)."""
+    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
 
 
 def _print_error(message: str) -> None:
@@ -175,7 +191,7 @@ def _need_model_kind(kind: str, where: str) -> None:
         _fail(f"{where}={kind} is not a model kind; choose one of {', '.join(sorted(REGISTRY))}", USAGE)
 
 
-def _need_free_port(host: str, port: int, where: str) -> None:
+def _need_free_port(host: str, port: int, variable: str, option: str | None = None) -> None:
     """Fail with the port's name when another process listens there (before any slow start-up)."""
     if not port:
         return
@@ -184,9 +200,10 @@ def _need_free_port(host: str, port: int, where: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
+            how = f"{option} N or {variable}=N" if option else f"{variable}=N"
             _fail(
-                f"port {port} ({where}) on {host} is taken ({exc.strerror}) — another worker or trainer? "
-                f"stop it, or choose another port ({where}=N; 0 = no HTTP endpoint)",
+                f"port {port} ({variable}) on {host} is taken ({exc.strerror}) — another worker or trainer? "
+                f"stop it, or choose another port with {how} (0 = no HTTP endpoint)",
                 RUNTIME,
             )
 
@@ -296,6 +313,7 @@ def train(
         _fail("Give exactly one of --ratings PATH or --from-topic.", USAGE)
     _need_model_kind(kind, "--kind")
     from models import checkpoint
+    from models.report import format_metrics
 
     if from_topic:
         from stream_worker.trainer import train_from_topic
@@ -307,7 +325,7 @@ def train(
         trained = train_from_topic(settings, out)
         if trained is None:
             _fail("Too few events in the window; nothing trained (see STREAMREC_TRAINER_MIN_EVENTS).", RUNTIME)
-        console.print(f"saved {trained.path}: {_figures(trained.metadata.metrics)}")
+        console.print(f"saved {trained.path}: {format_metrics(trained.metadata.metrics)}")
         return
     assert ratings is not None
     from models.data import load_ratings
@@ -324,9 +342,10 @@ def train(
         f"training {kind} on {rows.shape[0]} users x {len(data.item_ids)} items "
         f"({len(data.user_ids) - rows.shape[0]} users held out for validation)"
     )
-    with _EpochProgress(console, fold_in, held_out) as progress:
+    k = min(TRAIN_EVAL_K, len(data.item_ids))
+    with _EpochProgress(console, fold_in, held_out, k) as progress:
         model, report = train_model(kind, rows, epochs=epochs, on_progress=progress.update)
-    metrics = holdout_metrics(model, fold_in, held_out, k=TRAIN_EVAL_K)
+    metrics = holdout_metrics(model, fold_in, held_out, k=k)
     metrics["train_seconds"] = report.seconds
     if report.curve:
         metrics.update({f"final_{k}": v for k, v in report.curve[-1].items() if k.startswith("loss")})
@@ -344,7 +363,7 @@ def train(
         },
     )
     console.print(f"saved {path} ({len(data.user_ids)} users, {len(data.item_ids)} items, {report.seconds:.1f} s)")
-    console.print(f"validation on {metrics['users']:.0f} held-out users: {_figures(metrics)}")
+    console.print(f"validation on {metrics['users']:.0f} held-out users: {format_metrics(metrics)}")
 
 
 class _EpochProgress:
@@ -353,10 +372,11 @@ class _EpochProgress:
 
     SAMPLE_USERS = 500  # validation users scored per epoch (all of them at the end)
 
-    def __init__(self, out: Console, fold_in: Any, held_out: Any) -> None:
+    def __init__(self, out: Console, fold_in: Any, held_out: Any, k: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.out, self.fold_in, self.held_out = out, fold_in[: self.SAMPLE_USERS], held_out[: self.SAMPLE_USERS]
+        self.k = k
         self.bar = Progress(
             TextColumn("epoch {task.completed}/{task.total}"),
             BarColumn(),
@@ -373,13 +393,14 @@ class _EpochProgress:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:
+            self.bar.stop()
 
     def update(self, progress: Any) -> None:
         from models.evaluate import holdout_metrics
 
-        figure = holdout_metrics(progress.model, self.fold_in, self.held_out, k=TRAIN_EVAL_K)[f"ndcg@{TRAIN_EVAL_K}"]
-        text = f"validation ndcg@{TRAIN_EVAL_K} {figure:.4f}"
+        figure = holdout_metrics(progress.model, self.fold_in, self.held_out, k=self.k)[f"ndcg@{self.k}"]
+        text = f"validation ndcg@{self.k} {figure:.4f}"
         self.bar.update(self.task, total=progress.epochs, completed=progress.epoch, figure=text)
         step = max(progress.epochs // 10, 1)
         if not self.out.is_terminal and (progress.epoch % step == 0 or progress.epoch == progress.epochs):
@@ -388,16 +409,6 @@ class _EpochProgress:
                 f"about {progress.seconds_left:.0f} s left",
                 highlight=False,
             )
-
-
-def _figures(metrics: dict[str, float]) -> str:
-    """Metrics for people: counts as integers, figures with 4 decimals, seconds left out."""
-    shown = []
-    for name, value in sorted(metrics.items()):
-        if name.endswith("seconds"):
-            continue
-        shown.append(f"{name}={value:.0f}" if name == "users" or float(value).is_integer() else f"{name}={value:.4f}")
-    return ", ".join(shown)
 
 
 @app.command()
@@ -476,7 +487,7 @@ def worker(
 
     _logging(verbose)
     settings = _settings(verbose, bootstrap_servers=bootstrap_servers, model_dir=model, metrics_port=metrics_port)
-    _need_free_port(settings.metrics_host, settings.metrics_port, "STREAMREC_METRICS_PORT or --metrics-port")
+    _need_free_port(settings.metrics_host, settings.metrics_port, "STREAMREC_METRICS_PORT", "--metrics-port")
     try:
         job = Worker(settings)
     except Exception as exc:  # a bad model path or checkpoint: one sentence, no traceback
@@ -629,7 +640,9 @@ def demo(
         int, typer.Option(help="Live events to stream at least; streaming goes on until the second model is serving")
     ] = 20_000,
     rate: Annotated[float, typer.Option(help="Live events per second")] = 2_000.0,
-    report: Annotated[Path, typer.Option(help="Where the PNG report is written")] = Path("runs/demo/report.png"),
+    report: Annotated[
+        Path | None, typer.Option(help="Where the PNG report goes (default: runs/demo/report.png)")
+    ] = None,
     bootstrap_servers: Bootstrap = None,
     verbose: Verbose = False,
 ) -> None:

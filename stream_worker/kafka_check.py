@@ -70,9 +70,10 @@ def check_kafka(settings: Settings, topics: Iterable[str] = (), timeout_s: float
     missing = [topic for topic in topics if topic not in metadata.topics]
     if missing:
         names = ", ".join(repr(t) for t in missing)
+        which = f"topics {names} do not exist" if len(missing) > 1 else f"topic {names} does not exist"
         raise MissingTopic(
-            f"topic {names} does not exist on {settings.bootstrap_servers} — create it with `streamrec topics create` "
-            "(with the same STREAMREC_* settings)"
+            f"{which} on {settings.bootstrap_servers} — create {'them' if len(missing) > 1 else 'it'} with "
+            "`streamrec topics create` (with the same STREAMREC_* settings)"
         )
 
 
@@ -155,5 +156,5 @@ def _unreachable_sentence(settings: Settings, errors: list[KafkaError], timeout_
 def _reason(error: KafkaError) -> str:
     """librdkafka's message without the broker prefix and the state suffix."""
     text = error.str()
-    text = re.sub(r"^\S+://\S+?(/\S+)?: ", "", text)  # "sasl_plaintext://127.0.0.1:9092/bootstrap: "
+    text = re.sub(r"^\w+://[^/\s]+(/\w+)?: ", "", text)  # "sasl_plaintext://127.0.0.1:9092/bootstrap: "
     return re.sub(r"\s*\(after \d+ms in state \w+\)$", "", text).strip().rstrip(":").strip()
