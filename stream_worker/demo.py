@@ -123,7 +123,8 @@ def run_demo(
 def _delete_topics(settings: Settings, console: Console, timeout_s: float = 30) -> None:
     """Delete this run's four topics and wait until the cluster confirms it."""
     topics = [settings.events_topic, settings.recommendations_topic, settings.model_updates_topic, settings.dlq_topic]
-    futures = AdminClient(settings.kafka_common()).delete_topics(topics, operation_timeout=timeout_s)
+    admin = AdminClient(settings.kafka_common())  # kept alive until the futures are done
+    futures = admin.delete_topics(topics, operation_timeout=timeout_s)
     left = []
     for topic, future in futures.items():
         try:
@@ -201,6 +202,8 @@ def _demo(
             if time.monotonic() > deadline:
                 failure = f"the worker did not catch up; see {log_dir / 'worker.log'}"
         view.update(progress.table())
+    if not console.is_terminal:
+        console.line()  # a pipe gets the table once, at the end, without a newline after it
     if failure is not None:  # after the table, which a pipe only gets when the live view ends
         console.print(f"[red]{failure}[/red]")
         return 1

@@ -64,7 +64,13 @@ def write_report(
     p99 = np.array([row["p99_s"] for row in series]) * 1000
     latency.plot(seconds, p50, label="p50", marker=".")
     latency.plot(seconds, p99, label="p99", marker=".")
-    latency.set(title="event → recommendation latency", xlabel="seconds since the worker started", ylabel="ms")
+    # Log scale: the history backlog at the start is minutes old, live events take milliseconds.
+    latency.set_yscale("log")
+    latency.set(
+        title="event → recommendation latency (the first minutes: the history backlog)",
+        xlabel="seconds since the worker started",
+        ylabel="ms (log scale)",
+    )
     throughput.plot(seconds, [row["events_per_s"] for row in series], label="events in /s")
     throughput.plot(seconds, [row["recs_per_s"] for row in series], label="recommendation lists out /s")
     throughput.set(title="throughput", xlabel="seconds since the worker started", ylabel="per second")
@@ -129,7 +135,11 @@ def _latent_panel(ax, world: SyntheticWorld, model_dir: Path | None, *, history_
     handles = [
         ax.scatter([], [], color=scatter.cmap(scatter.norm(t)), label=f"taste {t + 1}") for t in np.unique(taste)
     ]
-    ax.legend(handles=handles, fontsize=8, title="hidden taste", loc="best")
+    ax.legend(handles=handles, fontsize=8, title="hidden taste", loc="upper right")
+    ax.text(
+        0.01, 0.01, "hidden taste: the user's strongest generating factor, which the model never sees",
+        transform=ax.transAxes, fontsize=8, color="dimgrey",
+    )  # fmt: skip
     ax.set(
         title=f"users in {loaded.metadata.name} v{loaded.metadata.version}'s latent space (encoder mean μ)",
         xlabel=f"principal axis 1 ({explained[0]:.0%} of variance)",
