@@ -181,7 +181,7 @@ def test_the_worker_waits_for_kafka_saying_why_and_stops_on_sigterm(model_dir: P
         assert f"cannot reach Kafka at 127.0.0.1:{port} within 1 s" in seen[-1], seen
         assert "retrying" in seen[-1], seen
         worker.send_signal(signal.SIGTERM)
-        rest, _ = worker.communicate(timeout=30)
+        _, rest = worker.communicate(timeout=30)
     finally:
         worker.kill()
     assert worker.returncode == 0, rest
