@@ -468,7 +468,10 @@ def evaluate(
 
 @app.command()
 def worker(
-    model: Annotated[Path | None, typer.Option(help="Checkpoint folder or model directory (newest version)")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint folder or model directory, newest version (default: STREAMREC_MODEL_DIR)"),
+    ] = None,
     bootstrap_servers: Bootstrap = None,
     metrics_port: Annotated[
         int | None,
@@ -494,7 +497,11 @@ def worker(
         if _verbose():
             raise
         _fail(f"Cannot start the worker: {exc}", USAGE)
-    _stop_on_signals(job.stop, "interrupted again: exiting now; events consumed since the last commit will be replayed")
+    _stop_on_signals(
+        job.stop,
+        "interrupted again: exiting now (code 130) without finishing the shutdown; "
+        "events not yet committed are replayed by the next worker",
+    )
     topics = (settings.events_topic, settings.recommendations_topic, settings.dlq_topic, settings.model_updates_topic)
     if not wait_for_kafka(settings, job.stop, logging.getLogger("streamrec.worker"), topics=topics):
         console.print("stopped before Kafka answered; nothing was consumed")
@@ -504,7 +511,9 @@ def worker(
 
 @app.command()
 def trainer(
-    model_dir: Annotated[Path | None, typer.Option(help="Where versions are written and read")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Where versions are written and read (default: STREAMREC_MODEL_DIR)")
+    ] = None,
     bootstrap_servers: Bootstrap = None,
     interval: Annotated[
         float | None, typer.Option(help="Seconds between rounds (default: STREAMREC_TRAINER_INTERVAL_S or 300)")
