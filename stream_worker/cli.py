@@ -393,7 +393,7 @@ class _EpochProgress:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self.bar.live.is_started:
+        if self.bar.live.is_started:  # stopping a bar that never started prints an empty line
             self.bar.stop()
 
     def update(self, progress: Any) -> None:
@@ -593,13 +593,18 @@ def replay(
     sent = [0]
 
     def progress(n: int) -> None:
+        if not console.is_terminal and n % 10_000 == 0 and n > sent[0]:
+            console.print(f"{n} events sent")  # a pipe or a log: a line now and then instead of the bar
         sent[0] = n
         bar.update(task, completed=n)
-        if not console.is_terminal and n % 10_000 == 0:
-            console.print(f"{n} events sent")
 
-    with bar:
+    if console.is_terminal:
+        bar.start()
+    try:
         acknowledged = publish_events(settings, stream, rate=rate or None, on_progress=progress, stop=stop)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     if stop.is_set():
         console.print(
             f"interrupted after {sent[0]} events: {acknowledged} acknowledged by Kafka on {settings.events_topic}, "
