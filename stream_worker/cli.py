@@ -177,6 +177,14 @@ def _stop_on_signals(stop: threading.Event, second: str = "interrupted again: ex
     signal.signal(signal.SIGINT, handler)
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it lies below it (shorter, and no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _need_kafka(settings: Settings, *topics: str) -> None:
     """One bounded check that the cluster answers and `topics` exist (else one sentence, exit 1/2)."""
     from stream_worker.kafka_check import check_kafka
@@ -242,7 +250,7 @@ def kafka_start(port: KafkaPort = None, home: KafkaHome = DEFAULT_HOME) -> None:
         _fail(str(exc), RUNTIME)
     console.print(
         f"Kafka {'started' if started else 'is already running'} on {broker.bootstrap} "
-        f"(controller on port {broker.controller_port}; data and log in {broker.base})"
+        f"(controller on port {broker.controller_port}; data and log in {_shown(broker.base)})"
     )
 
 
@@ -263,7 +271,8 @@ def kafka_stop(port: KafkaPort = None, home: KafkaHome = DEFAULT_HOME) -> None:
         and LocalKafka(port=int(folder.name.removeprefix("broker-")), home=home).running()
     )
     elsewhere = (
-        f"; a broker started from {home} runs on port {', '.join(map(str, others))} (streamrec kafka stop --port N)"
+        f"; a broker started from {_shown(home)} runs on port {', '.join(map(str, others))} "
+        "(streamrec kafka stop --port N)"
         if others
         else ""
     )

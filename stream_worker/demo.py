@@ -214,7 +214,9 @@ def _demo(
 
     console.rule("4. report")
     write_report(report, progress.history, records, world, settings.model_dir, history_seed=1, history=HISTORY_EVENTS)
-    console.print(f"wrote {report}: latency, throughput and the swap; quality per model version; users' latent space")
+    console.print(
+        f"wrote {_shown(report)}: latency, throughput and the swap; quality per model version; users' latent space"
+    )
 
     console.rule("5. stopping")
     codes = []
@@ -222,8 +224,16 @@ def _demo(
         process.send_signal(signal.SIGTERM)
     for process in processes:
         codes.append(process.wait(timeout=60))
-    console.print(f"worker exit code {codes[0]}, trainer exit code {codes[1]}; logs in {log_dir}")
+    console.print(f"worker exit code {codes[0]}, trainer exit code {codes[1]}; logs in {_shown(log_dir)}")
     return 0 if codes == [0, 0] else 1
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _endless(world: SyntheticWorld, stop: threading.Event) -> Iterator[UserEvent]:

@@ -243,3 +243,21 @@ def test_interrupted_replay_reports_what_was_acknowledged(make_settings) -> None
     line = next(line for line in err.splitlines() if line.startswith("interrupted after"))
     acknowledged = int(line.split(": ")[1].split(" acknowledged")[0])
     assert acknowledged == sum(end_offsets(settings, settings.events_topic).values()), err
+
+
+@pytest.mark.integration
+def test_the_demo_deletes_its_topics_and_waits_for_it(make_settings) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    from stream_worker.demo import _delete_topics
+
+    settings = make_settings()
+    ensure_topics(settings)
+    out = Console(record=True, width=200)
+    _delete_topics(settings, out)
+    assert "deleted this run's four topics" in out.export_text()
+    # Deletion was awaited: the cluster no longer lists any of them right away.
+    from confluent_kafka.admin import AdminClient
+
+    listed = AdminClient(settings.kafka_common()).list_topics(timeout=10).topics
+    assert not {settings.events_topic, settings.recommendations_topic, settings.dlq_topic} & set(listed)
