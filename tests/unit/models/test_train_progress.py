@@ -16,3 +16,15 @@ def test_on_progress_is_called_once_per_epoch_with_time_left():
 
 def test_format_metrics_shows_counts_as_integers():
     assert format_metrics({"ndcg@20": 0.25034, "users": 196.0, "train_seconds": 3.2}) == "ndcg@20=0.2503, users=196"
+
+
+def test_the_plot_of_models_without_curves_does_not_warn(tmp_path, recwarn):
+    from models.report import plot
+
+    results = [
+        {"model": kind, "seeds": 1, "ndcg@20": 0.3, "ndcg@20_se": 0.01, "runs": [{"curve": []}]}
+        for kind in ("ease", "pop")
+    ]
+    plot("strong", results, {}, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert not [w for w in recwarn if "legend" in str(w.message).lower()]
