@@ -63,8 +63,6 @@ def run_demo(
     """The demo; returns the exit code. Raises KafkaUnavailable when a named cluster does not answer."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     workdir = REPO_ROOT / "runs" / "demo"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     broker = None
     if not (bootstrap_servers or os.environ.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS")):
         broker = LocalKafka(port=9092)
@@ -97,6 +95,8 @@ def run_demo(
         if broker is not None:
             broker.stop()
         raise
+    shutil.rmtree(workdir, ignore_errors=True)  # the previous run's, now that this one can start
+    workdir.mkdir(parents=True)
     processes: list[subprocess.Popen[bytes]] = []
     report_path = report or workdir / "report.png"
     try:
