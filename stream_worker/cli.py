@@ -276,7 +276,7 @@ def kafka_stop(port: KafkaPort = None, home: KafkaHome = DEFAULT_HOME) -> None:
         if others
         else ""
     )
-    console.print(f"nothing to stop: no broker started by streamrec runs on {broker.bootstrap}{elsewhere}")
+    console.print(f"nothing to stop: Kafka on {broker.bootstrap} was not running (started by streamrec){elsewhere}")
 
 
 @topics_app.command("create")
