@@ -201,7 +201,7 @@ def _demo(
             time.sleep(0.5)
             if time.monotonic() > deadline:
                 failure = f"the worker did not catch up; see {log_dir / 'worker.log'}"
-        view.update(progress.table())
+        view.update(progress.last_busy or progress.table())  # the last table with traffic stays
     if not console.is_terminal:
         console.line()  # a pipe gets the table once, at the end, without a newline after it
     if failure is not None:  # after the table, which a pipe only gets when the live view ends
@@ -275,6 +275,7 @@ class Progress:
         self._previous = (self.started, 0.0, 0.0)  # (time, events, recommendations)
         self._previous_latency: dict[float, float] = {}  # cumulative bucket counts at the last table
         self.history: list[dict[str, float]] = []  # one row per table: the report's time series
+        self.last_busy: Table | None = None  # the newest table while events flowed
 
     def model_version(self) -> int:
         return int(self.scrape().get("streamrec_model_version", 0))
@@ -328,13 +329,19 @@ class Progress:
             f"{(events - events_then) / max(now - then, 1e-6):.0f}",
             f"{recs:.0f}",
             f"{(recs - recs_then) / max(now - then, 1e-6):.0f}",
-            f"{p50 * 1000:.0f} ms",
-            f"{p99 * 1000:.0f} ms",
+            _ms(p50),
+            _ms(p99),
             f"v{m.get('streamrec_model_version', 0):.0f}",
             f"{m.get('streamrec_users_in_state', 0):.0f}",
             f"{m.get('streamrec_dead_letters_total', 0):.0f}",
         )
+        if events > events_then:
+            self.last_busy = table
         return table
+
+
+def _ms(seconds: float) -> str:
+    return "-" if np.isnan(seconds) else f"{seconds * 1000:.0f} ms"  # nan: no list in the period
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
