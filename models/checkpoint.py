@@ -183,7 +183,14 @@ def read_metadata(folder: Path) -> CheckpointMetadata:
 def load(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a checkpoint folder (or the newest one in a model directory) onto `device`."""
     folder = resolve(Path(path))
-    return build(read_metadata(folder), load_file(str(folder / WEIGHTS_FILE), device="cpu"), folder, device)
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    except Exception as exc:  # safetensors' errors name neither the file nor what to do
+        raise CheckpointError(
+            f"{folder / WEIGHTS_FILE} cannot be read ({exc}); it is truncated or not a safetensors file — "
+            "train the model again or point at another version"
+        ) from exc
+    return build(read_metadata(folder), tensors, folder, device)
 
 
 def load_bytes(folder: Path, metadata: CheckpointMetadata, weights: bytes, device: torch.device | str) -> LoadedModel:

@@ -17,6 +17,7 @@ Every model treats its input as implicit feedback, so matrices hold 1.0 per kept
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,16 @@ import numpy as np
 import scipy.sparse as sp
 
 CHUNK_BYTES = 64 * 2**20
+
+
+class RatingsFileError(ValueError):
+    """A ratings file that cannot be read; the message names the file (and line) and the formats."""
+
+
+FORMATS = (
+    "expected u.data (user<TAB>item<TAB>rating<TAB>timestamp), ratings.dat (user::item::rating::timestamp) "
+    "or ratings.csv (header userId,movieId,rating,timestamp)"
+)
 
 
 @dataclass
@@ -51,14 +62,15 @@ def _detect_format(path: Path) -> tuple[bytes, bool]:
     """(separator, has_header) from the first line of a MovieLens ratings file."""
     with open(path, "rb") as f:
         first = f.readline()
+    if not first.strip():
+        raise RatingsFileError(f"{path} is empty (or starts with a blank line); {FORMATS}")
     for sep in (b"::", b"\t", b",", b" "):
         if sep in first:
             has_header = not first.split(sep)[0].strip().replace(b".", b"").isdigit()
+            if has_header and not (sep == b"," and b"user" in first.lower()):  # ratings.csv's: userId,...
+                break
             return sep, has_header
-    raise ValueError(
-        f"{path}: cannot tell the format from its first line {first[:80]!r}; expected u.data (tabs), "
-        "ratings.dat ('::'), ratings.csv (commas, header userId,movieId,rating,timestamp) or spaces"
-    )
+    raise RatingsFileError(f"{path}:1: cannot tell the format from the first line {first[:80]!r}; {FORMATS}")
 
 
 def iter_rating_rows(path: Path, n_columns: int = 4, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
@@ -69,8 +81,10 @@ def iter_rating_rows(path: Path, n_columns: int = 4, chunk_bytes: int = CHUNK_BY
     """
     sep, has_header = _detect_format(path)
     with open(path, "rb") as f:
+        lines_before = 0  # lines of the file before `text`, for error messages
         if has_header:
             f.readline()
+            lines_before = 1
         tail = b""
         while True:
             block = f.read(chunk_bytes)
@@ -79,13 +93,42 @@ def iter_rating_rows(path: Path, n_columns: int = 4, chunk_bytes: int = CHUNK_BY
             tail, text = text[cut:], text[:cut]
             if text.strip():
                 # sep=" " makes NumPy split on any whitespace, so map the separator to a space.
-                values = np.fromstring(text.replace(sep, b" "), dtype=np.float64, sep=" ")
-                assert values.size % n_columns == 0, (
-                    f"{path}: a line does not have {n_columns} numeric fields near byte {f.tell()}"
-                )
+                # At the first non-number it raises ValueError (NumPy >= 2.3) or stops with a
+                # DeprecationWarning (older), made an error here.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", DeprecationWarning)
+                    try:
+                        values = np.fromstring(text.replace(sep, b" "), dtype=np.float64, sep=" ")
+                    except (ValueError, DeprecationWarning):
+                        values = None
+                lines = text.count(b"\n") + (not text.endswith(b"\n"))
+                if values is None or values.size != lines * n_columns:
+                    # Slow path, only for a chunk that did not parse cleanly (or has blank lines).
+                    _check_lines(path, text, sep, n_columns, lines_before)
+                    if values is None or values.size % n_columns:
+                        raise RatingsFileError(f"{path}: a line does not have {n_columns} numeric fields; {FORMATS}")
+                lines_before += text.count(b"\n")
                 yield values.reshape(-1, n_columns)
             if not block:
                 return
+
+
+def _check_lines(path: Path, text: bytes, sep: bytes, n_columns: int, lines_before: int) -> None:
+    """Raise RatingsFileError naming the file and line of the first line of `text` that is not
+    blank and does not hold `n_columns` numbers separated by `sep`."""
+    for number, line in enumerate(text.split(b"\n"), start=lines_before + 1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(sep)
+        try:
+            ok = len(fields) == n_columns and all(np.isfinite(float(x)) for x in fields)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RatingsFileError(
+                f"{path}:{number}: expected {n_columns} numbers separated by {sep.decode()!r}, "
+                f"got {line[:60].decode(errors='replace')!r}; {FORMATS}"
+            )
 
 
 def _to_csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], timestamps=None):
@@ -119,7 +162,7 @@ def load_ratings(path: Path, *, min_rating: float | None = None) -> Interactions
         items.append(chunk[:, 1].astype(np.int32))
         stamps.append(chunk[:, 3].astype(np.int64))
     if not users or sum(len(u) for u in users) == 0:
-        raise ValueError(f"{path} holds no rating >= {min_rating}" if min_rating else f"{path} is empty")
+        raise RatingsFileError(f"{path} holds no rating >= {min_rating}" if min_rating else f"{path} holds no rating")
     user_raw, rows = np.unique(np.concatenate(users), return_inverse=True)
     del users  # the chunks; each step below frees its input before the next allocates
     item_raw, cols = np.unique(np.concatenate(items), return_inverse=True)

@@ -69,6 +69,21 @@ def plot(protocol: str, results: list[dict[str, Any]], published: dict[str, dict
             curves.set_ylabel(f"validation {key[4:]}")
     curves.set_xlabel("epoch")
     curves.set_title("training curves (seed 0)")
-    curves.legend(fontsize=7)
+    if curves.lines:
+        curves.legend(fontsize=7)
+    else:  # no iterative model among those compared: say so instead of an empty legend
+        curves.text(0.5, 0.5, "no iterative model: no training curve", ha="center", va="center")
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A checkpoint's metrics on one line for people: counts as integers, figures with 4
+    decimals, durations left out (e.g. `ndcg@20=0.2503, recall@20=0.3521, users=196`)."""
+    shown = []
+    for name, value in sorted(metrics.items()):
+        if name.endswith("seconds"):
+            continue
+        is_count = name == "users" or name.endswith("_users") or float(value).is_integer()
+        shown.append(f"{name}={value:.0f}" if is_count else f"{name}={value:.4f}")
+    return ", ".join(shown)

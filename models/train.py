@@ -9,6 +9,9 @@ offline evaluation all go through here, so a model trains the same way everywher
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import scipy.sparse as sp
@@ -30,6 +33,21 @@ def make_config(kind: str, overrides: dict[str, Any] | None = None) -> Any:
     return dataclasses.replace(config, **overrides)
 
 
+@dataclass
+class TrainProgress:
+    """What `train_model` tells an `on_progress` callback after each epoch."""
+
+    epoch: int  # epochs done
+    epochs: int  # epochs planned (early stopping in `on_epoch` may end training sooner)
+    seconds: float  # since training started
+    model: Recommender  # the model as it is now (e.g. to score validation users)
+
+    @property
+    def seconds_left(self) -> float:
+        """Estimated from the mean epoch time so far."""
+        return self.seconds / max(self.epoch, 1) * max(self.epochs - self.epoch, 0)
+
+
 def train_model(
     kind: str,
     X: sp.csr_matrix,
@@ -40,6 +58,7 @@ def train_model(
     overrides: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
     initial: dict[str, torch.Tensor] | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Recommender, FitReport]:
     """Create a `kind` model for X's catalog, train it on X (n_users, n_items) and return it.
 
@@ -47,6 +66,8 @@ def train_model(
     shortcut for overrides={"epochs": n} and is ignored by models that do not iterate
     (popularity, EASE, ItemKNN). Same seed, same device -> same model. `initial` (tensors of a
     model of the same kind, config and catalog) warm-starts training from those weights.
+    `on_progress` is called after each epoch of an iterative model, before `on_epoch` (for
+    progress displays).
     """
     overrides = dict(overrides or {})
     config = make_config(kind, overrides)
@@ -58,5 +79,19 @@ def train_model(
     if initial is not None:
         model.load_tensors(initial)
     model.to(device if isinstance(device, torch.device) else pick_device(device or "auto"))
+    if on_progress is not None:
+        on_epoch = _with_progress(on_epoch, on_progress, getattr(config, "epochs", 1))
     report = model.fit(sp.csr_matrix(X), seed=seed, on_epoch=on_epoch)
     return model, report
+
+
+def _with_progress(
+    on_epoch: EpochCallback | None, on_progress: Callable[[TrainProgress], None], epochs: int
+) -> EpochCallback:
+    started = time.perf_counter()
+
+    def hook(model: Recommender, epoch: int) -> bool | None:
+        on_progress(TrainProgress(epoch, epochs, time.perf_counter() - started, model))
+        return on_epoch(model, epoch) if on_epoch is not None else None
+
+    return hook

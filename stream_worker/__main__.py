@@ -1,3 +1,3 @@
-from stream_worker.cli import app
+from stream_worker.cli import main
 
-app(prog_name="streamrec")
+main()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -200,6 +200,10 @@ class Settings(BaseSettings):
         description="JSON or key=value file of librdkafka settings (e.g. sasl.password, mounted from a Secret), "
         "or a folder of one file per key; read when a client is built; STREAMREC_KAFKA_OPTIONS wins on the same key",
     )
+    # --- first hour: reachability ---------------------------------------------------------
+    kafka_check_timeout_s: float = Field(
+        5.0, gt=0, description="Commands give up on an unreachable cluster after this many seconds"
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -327,10 +331,26 @@ def load_settings(**overrides: Any) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)
+    except SettingsError as exc:
+        raise ConfigError(_not_json_sentence(exc)) from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
             where = f"{ENV_PREFIX}{field.upper()}" if error["loc"] else "settings"
+            if error["loc"] and error["loc"][0] == "kafka_options" and len(error["loc"]) > 1:
+                where = f"{ENV_PREFIX}KAFKA_OPTIONS[{error['loc'][1]!r}]"
+                error["msg"] += ' (librdkafka values are JSON strings, e.g. {"linger.ms": "20"})'
             problems.append(f"{where}: {error['msg']}")
         raise ConfigError("Invalid configuration - " + "; ".join(problems)) from None
+
+
+def _not_json_sentence(exc: SettingsError) -> str:
+    """pydantic-settings could not parse a variable as JSON; name it and show the shape it wants."""
+    field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+    variable = f"{ENV_PREFIX}{field.upper()}" if field else "a STREAMREC_ variable"
+    examples = {
+        "kafka_options": '\'{"security.protocol": "SASL_SSL", "linger.ms": "20"}\' (values are strings)',
+        "event_weights": '\'{"PURCHASE": 10, "VIEW": 0.5}\'',
+    }
+    return f"{variable} is not valid JSON; write a JSON object, e.g. {variable}={examples.get(field, '{...}')}"

@@ -7,7 +7,9 @@
 5. live events at a fixed rate (plus a few malformed records for the dead-letter topic),
    with a progress table scraped from the worker's /metrics
 6. example recommendations beside each user's true taste, and a quality figure
-7. SIGTERM to worker and trainer; their exit codes decide ours
+7. a PNG report (stream_worker/demo_report.py): latency, throughput, the swap, quality per
+   model version and the model's latent space of users
+8. SIGTERM to worker and trainer; their exit codes decide ours; the topics are deleted
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from models.report import format_metrics
 from stream_worker.codec import UserEvent
 from stream_worker.config import ENV_PREFIX, Settings, load_settings
+from stream_worker.demo_report import DemoRecord, write_report
+from stream_worker.kafka_check import check_kafka, quiet
 from stream_worker.kafka_local import REPO_ROOT, LocalKafka, free_port
 from stream_worker.replay import publish_events, retimed
 from stream_worker.synthetic import SyntheticWorld
 from stream_worker.tail import follow
-from stream_worker.topics import committed_and_end_offsets, ensure_topics
+from stream_worker.topics import committed_and_end_offsets, ensure_topics, topic_specs
 from stream_worker.trainer import train_from_topic
 
 HISTORY_EVENTS = 40_000
@@ -46,11 +51,18 @@ N_USERS, N_ITEMS = 2_000, 1_000
 TRUE_TOP = 50  # a recommendation "hits" when it is among the user's 50 truly preferred items
 
 
-def run_demo(*, bootstrap_servers: str | None, events: int, rate: float, console: Console) -> int:
+def run_demo(
+    *,
+    bootstrap_servers: str | None,
+    events: int,
+    rate: float,
+    console: Console,
+    verbose: bool = False,
+    report: Path | None = None,
+) -> int:
+    """The demo; returns the exit code. Raises KafkaUnavailable when a named cluster does not answer."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     workdir = REPO_ROOT / "runs" / "demo"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     broker = None
     if not (bootstrap_servers or os.environ.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS")):
         broker = LocalKafka(port=9092)
@@ -67,6 +79,8 @@ def run_demo(*, bootstrap_servers: str | None, events: int, rate: float, console
         recommendations_topic=f"{prefix}.recommendations",
         model_updates_topic=f"{prefix}.model-updates",
         dlq_topic=f"{prefix}.user-events.dlq",
+        state_topic=f"{prefix}.user-state",
+        checkpoints_topic=f"{prefix}.model-checkpoints",
         group_id=prefix,
         model_dir=workdir / "models",
         metrics_port=free_port(),
@@ -76,20 +90,57 @@ def run_demo(*, bootstrap_servers: str | None, events: int, rate: float, console
         trainer_epochs=20,
         trainer_torch_threads=1,  # this demo runs everything on one machine: leave the worker a core
     )
-    processes: list[subprocess.Popen[bytes]] = []
+    settings = quiet(settings, verbose)
     try:
-        return _demo(settings, events=events, rate=rate, workdir=workdir, processes=processes, console=console)
+        check_kafka(settings)
+    except Exception:
+        if broker is not None:
+            broker.stop()
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)  # the previous run's, now that this one can start
+    workdir.mkdir(parents=True)
+    processes: list[subprocess.Popen[bytes]] = []
+    report_path = report or workdir / "report.png"
+    try:
+        return _demo(
+            settings,
+            events=events,
+            rate=rate,
+            workdir=workdir,
+            processes=processes,
+            console=console,
+            report=report_path,
+        )
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        AdminClient(settings.kafka_common()).delete_topics(
-            [settings.events_topic, settings.recommendations_topic, settings.model_updates_topic, settings.dlq_topic]
-        )
+        _delete_topics(settings, console)
         if broker is not None:
             console.print("stopping the local broker")
             broker.stop()
+
+
+def _delete_topics(settings: Settings, console: Console, timeout_s: float = 30) -> None:
+    """Delete this run's topics and wait until the cluster confirms it."""
+    topics = [spec.topic for spec in topic_specs(settings)]
+    admin = AdminClient(settings.kafka_common())  # kept alive until the futures are done
+    futures = admin.delete_topics(topics, operation_timeout=timeout_s)
+    left = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # never created: nothing to delete
+                left.append(f"{topic} ({exc.args[0].str()})")
+        except Exception as exc:  # e.g. the wait timed out
+            left.append(f"{topic} ({exc})")
+    prefix = settings.events_topic.removesuffix(".user-events")
+    if left:
+        console.print(f"[yellow]could not delete {', '.join(left)}; delete them by hand[/yellow]", soft_wrap=True)
+    else:
+        console.print(f"deleted this run's {len(topics)} topics ({prefix}.*)")
 
 
 def _demo(
@@ -100,6 +151,7 @@ def _demo(
     workdir: Path,
     processes: list[subprocess.Popen[bytes]],
     console: Console,
+    report: Path,
 ) -> int:
     ensure_topics(settings)
     world = SyntheticWorld(n_users=N_USERS, n_items=N_ITEMS)
@@ -110,7 +162,7 @@ def _demo(
     console.print(f"published {HISTORY_EVENTS} history events ({N_USERS} users, {N_ITEMS} items)")
     first = train_from_topic(settings, settings.model_dir)
     assert first is not None, "the history must be enough to train on"
-    console.print(f"trained {first.metadata.name} v{first.metadata.version}: {_fmt(first.metadata.metrics)}")
+    console.print(f"trained {first.metadata.name} v{first.metadata.version}: {format_metrics(first.metadata.metrics)}")
 
     console.rule("2. worker and trainer running; live events")
     log_dir = workdir / "logs"
@@ -133,6 +185,7 @@ def _demo(
     _send_malformed(settings, 5)
     deadline = time.monotonic() + events / rate + 300
     sent_at_swap = None
+    failure = None
     with Live(console=console, refresh_per_second=2) as view:
         # ... and then a few more seconds, so that users get lists from the new model.
         while sent_at_swap is None or sent[0] < max(events, sent_at_swap + 2 * rate):
@@ -141,17 +194,21 @@ def _demo(
             view.update(progress.table())
             time.sleep(0.5)  # the refresh period of the table, not a synchronisation
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                console.print(f"[red]no second model in time, or a process died; see the logs in {log_dir}[/red]")
-                return 1
+                failure = f"no second model in time, or a process died; see the logs in {log_dir}"
+                break
         stop_live.set()
         sender.join()
-        while not _drained(settings):
+        while failure is None and not _drained(settings):
             view.update(progress.table())
             time.sleep(0.5)
             if time.monotonic() > deadline:
-                console.print(f"[red]the worker did not catch up; see {log_dir / 'worker.log'}[/red]")
-                return 1
-        view.update(progress.table())
+                failure = f"the worker did not catch up; see {log_dir / 'worker.log'}"
+        view.update(progress.last_busy or progress.table())  # the last table with traffic stays
+    if not console.is_terminal:
+        console.line()  # a pipe gets the table once, at the end, without a newline after it
+    if failure is not None:  # after the table, which a pipe only gets when the live view ends
+        console.print(f"[red]{failure}[/red]")
+        return 1
     console.print(f"{sent[0]} live events; the worker swapped to model v{progress.model_version()} without stopping")
     model_rate, popular_rate = progress.hit_rates()
     console.print(
@@ -160,16 +217,30 @@ def _demo(
     )
 
     console.rule("3. example recommendations")
-    _show_examples(settings, world, console)
+    records = _show_examples(settings, world, console)
 
-    console.rule("4. stopping")
+    console.rule("4. report")
+    write_report(report, progress.history, records, world, settings.model_dir, history_seed=1, history=HISTORY_EVENTS)
+    console.print(
+        f"wrote {_shown(report)}: latency, throughput and the swap; quality per model version; users' latent space"
+    )
+
+    console.rule("5. stopping")
     codes = []
     for process in processes:
         process.send_signal(signal.SIGTERM)
     for process in processes:
         codes.append(process.wait(timeout=60))
-    console.print(f"worker exit code {codes[0]}, trainer exit code {codes[1]}; logs in {log_dir}")
+    console.print(f"worker exit code {codes[0]}, trainer exit code {codes[1]}; logs in {_shown(log_dir)}")
     return 0 if codes == [0, 0] else 1
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _endless(world: SyntheticWorld, stop: threading.Event) -> Iterator[UserEvent]:
@@ -211,6 +282,8 @@ class Progress:
         self.started = time.monotonic()
         self._previous = (self.started, 0.0, 0.0)  # (time, events, recommendations)
         self._previous_latency: dict[float, float] = {}  # cumulative bucket counts at the last table
+        self.history: list[dict[str, float]] = []  # one row per table: the report's time series
+        self.last_busy: Table | None = None  # the newest table while events flowed
 
     def model_version(self) -> int:
         return int(self.scrape().get("streamrec_model_version", 0))
@@ -248,7 +321,18 @@ class Progress:
         buckets = m.get("streamrec_event_to_recommendation_seconds_bucket", [])
         latency = [(le, count - self._previous_latency.get(le, 0.0)) for le, count in buckets]
         self._previous_latency = dict(buckets)
-        table = Table(title=f"streamrec worker, {now - self.started:.0f}s")
+        p50, p99 = quantile(latency, 0.5), quantile(latency, 0.99)
+        self.history.append(
+            {
+                "seconds": now - self.started,
+                "events_per_s": (events - events_then) / max(now - then, 1e-6),
+                "recs_per_s": (recs - recs_then) / max(now - then, 1e-6),
+                "p50_s": p50,
+                "p99_s": p99,
+                "model_version": m.get("streamrec_model_version", 0),
+            }
+        )
+        table = Table(title=f"streamrec worker, {now - self.started:.0f}s", title_justify="left")
         for column in self.COLUMNS:
             table.add_column(column, justify="right")
         table.add_row(
@@ -256,13 +340,15 @@ class Progress:
             f"{(events - events_then) / max(now - then, 1e-6):.0f}",
             f"{recs:.0f}",
             f"{(recs - recs_then) / max(now - then, 1e-6):.0f}",
-            f"{quantile(latency, 0.5) * 1000:.0f} ms",
-            f"{quantile(latency, 0.99) * 1000:.0f} ms",
+            _ms(p50),
+            _ms(p99),
             f"v{m.get('streamrec_model_version', 0):.0f}",
             f"{m.get('streamrec_users_in_state', 0):.0f}",
             f"{m.get('streamrec_dead_letters_total', 0):.0f}",
             *(f"{rate:.1%}" for rate in self.hit_rates(m)),
         )
+        if events > events_then:
+            self.last_busy = table
         return table
 
     def hit_rates(self, m: dict | None = None) -> tuple[float, float]:
@@ -272,6 +358,10 @@ class Progress:
         return m.get("streamrec_online_hits_totalmodel", 0) / events, m.get(
             "streamrec_online_hits_totalpopularity", 0
         ) / events
+
+
+def _ms(seconds: float) -> str:
+    return "-" if np.isnan(seconds) else f"{seconds * 1000:.0f} ms"  # nan: no list in the period
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -290,15 +380,20 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def _show_examples(settings: Settings, world: SyntheticWorld, console: Console) -> None:
+def _show_examples(settings: Settings, world: SyntheticWorld, console: Console) -> list[DemoRecord]:
+    """Print a few users' newest lists beside their true taste; return every list published
+    (user, model version, share of its items among the user's true top)."""
     newest: dict[str, dict] = {}
+    records = []
     for record in follow(settings, from_beginning=True, idle_timeout_s=3):
         newest[record["user_id"]] = record
+        truth = set(world.true_top(int(record["user_id"][1:]), TRUE_TOP))
+        items = [item["item_id"] for item in record["items"]]
+        records.append(DemoRecord(record["user_id"], record["model_version"], _overlap(truth, items)))
     hits, random_hits = [], TRUE_TOP / world.n_items
     for user_id, record in newest.items():
         truth = set(world.true_top(int(user_id[1:]), TRUE_TOP))
-        items = [item["item_id"] for item in record["items"]]
-        hits.append(len(truth.intersection(items)) / max(len(items), 1))
+        hits.append(_overlap(truth, [item["item_id"] for item in record["items"]]))
     for user_id in sorted(newest)[:5]:
         record = newest[user_id]
         truth = set(world.true_top(int(user_id[1:]), TRUE_TOP))
@@ -307,12 +402,19 @@ def _show_examples(settings: Settings, world: SyntheticWorld, console: Console) 
         )
         console.print(
             f"{user_id}  {record['model_name']} v{record['model_version']}  "
-            f"{record['events_reflected']} events  {shown}"
+            f"{record['events_reflected']} events  {shown}",
+            highlight=False,
         )
     console.print(
         f"{len(newest)} users got recommendations; on average {np.mean(hits):.0%} of their items are among "
-        f"their true top {TRUE_TOP} (green) - {random_hits:.0%} for random items"
+        f"their true top {TRUE_TOP} (green) - {random_hits:.0%} for random items",
+        highlight=False,
     )
+    return records
+
+
+def _overlap(truth: set[str], items: list[str]) -> float:
+    return len(truth.intersection(items)) / max(len(items), 1)
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -321,7 +423,3 @@ def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[n
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(0.2)
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if not k.endswith("seconds"))

@@ -4,6 +4,7 @@ synthetic world, at a bounded rate. Used by `streamrec replay`, the demo and the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -16,6 +17,10 @@ from stream_worker.config import Settings
 from stream_worker.publish import producer_config
 
 
+class PublishError(RuntimeError):
+    """Some events were not acknowledged by the broker; the message says how many and why."""
+
+
 def publish_events(
     settings: Settings,
     events: Iterable[UserEvent],
@@ -23,27 +28,39 @@ def publish_events(
     rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
     producer: Producer | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Produce `events` (key = user id) at most `rate` per second; returns how many were acknowledged.
 
-    Raises RuntimeError if any event was not acknowledged by the broker.
+    When `stop` is set, no further event is produced; those already queued are flushed and
+    counted, and the count is returned without raising. Otherwise raises PublishError if any
+    event was not acknowledged by the broker.
     """
     codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
     producer = producer or Producer({**producer_config(settings.kafka_common()), "linger.ms": 20})
     failures: list[str] = []
+    acknowledged = [0]
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             failures.append(str(err))
+        else:
+            acknowledged[0] += 1
 
     started = time.monotonic()
     sent = 0
     for event in events:
+        if stop is not None and stop.is_set():
+            break
         if rate:
-            # Pace to the rate: event n leaves no earlier than n / rate seconds after the start.
-            ahead = sent / rate - (time.monotonic() - started)
-            if ahead > 0:
-                producer.poll(ahead)
+            # Pace to the rate: event n leaves no earlier than n / rate seconds after the start
+            # (waiting in slices of at most 0.5 s, so that `stop` is seen promptly).
+            while (ahead := sent / rate - (time.monotonic() - started)) > 0:
+                producer.poll(min(ahead, 0.5))
+                if stop is not None and stop.is_set():
+                    break
+            if stop is not None and stop.is_set():
+                break
         value = codec.encode(from_user_event(event))
         while True:
             try:
@@ -56,11 +73,15 @@ def publish_events(
         if on_progress and sent % 1000 == 0:
             on_progress(sent)
     remaining = producer.flush(60)
-    if remaining or failures:
-        raise RuntimeError(f"{remaining} events unacknowledged, {len(failures)} failed: {failures[:3]}")
+    if (remaining or failures) and not (stop is not None and stop.is_set()):
+        reason = f": {failures[0]}" if failures else " within 60 s"
+        raise PublishError(
+            f"{remaining + len(failures)} of {sent} events were not acknowledged by Kafka at "
+            f"{settings.bootstrap_servers}{reason} — check the broker's health and the topic {settings.events_topic!r}"
+        )
     if on_progress:
         on_progress(sent)
-    return sent
+    return acknowledged[0]
 
 
 def retimed(events: Iterable[UserEvent], now_ms: Callable[[], int]) -> Iterator[UserEvent]:

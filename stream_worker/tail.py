@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
@@ -49,13 +51,65 @@ def follow(
         consumer.close()
 
 
-def format_recommendation(record: dict[str, Any], n_items: int = 5) -> str:
+HEADER = f"{'user':>12}  {'model':<12} {'events':>6} {'latency':>8}  top items (score)"
+LEGEND = (
+    "events: interactions the list reflects; latency: the user's newest event -> list published; "
+    "score: the model's, higher = more recommended"
+)
+
+
+def format_recommendation(record: dict[str, Any], n_items: int = 5, titles: dict[str, str] | None = None) -> str:
+    """One line per list, under `HEADER`; item ids become titles where `titles` knows them."""
     if "error" in record:
         return f"{record['user_id']:>12}  undecodable: {record['error']}"
     latency_ms = record["generated_at"] - record["last_event_time"]
-    shown = ", ".join(f"{item['item_id']} ({item['score']:.2f})" for item in record["items"][:n_items])
-    more = len(record["items"]) - n_items
-    return (
-        f"{record['user_id']:>12}  {record['model_name']} v{record['model_version']}  "
-        f"{record['events_reflected']:>4} events  +{latency_ms}ms  {shown}{f' +{more} more' if more > 0 else ''}"
+    names = titles or {}
+    shown = ", ".join(
+        f"{names.get(item['item_id'], item['item_id'])} ({item['score']:.2f})" for item in record["items"][:n_items]
     )
+    more = len(record["items"]) - n_items
+    model = f"{record['model_name']} v{record['model_version']}"
+    return (
+        f"{record['user_id']:>12}  {model:<12} {record['events_reflected']:>6} {latency_ms:>5} ms  "
+        f"{shown}{f' +{more} more' if more > 0 else ''}"
+    )
+
+
+class TitlesFileError(ValueError):
+    """A titles file that cannot be read; the message names the file and line."""
+
+
+def load_titles(path: Path) -> dict[str, str]:
+    """Item id -> title from MovieLens `u.item` (ML-100K: id|title|..., Latin-1), `movies.dat`
+    (ML-1M/10M: id::title::genres) or `movies.csv` (ML-20M+: movieId,title,genres with a header)."""
+    raw = Path(path).read_bytes()
+    text = raw.decode("utf-8") if _is_utf8(raw) else raw.decode("latin-1")
+    lines = text.splitlines()
+    titles: dict[str, str] = {}
+    if lines and lines[0].lower().startswith("movieid,"):
+        rows: Iterator[list[str]] = csv.reader(lines[1:])
+        first_line = 2
+    else:
+        sep = "::" if "::" in (lines[0] if lines else "") else "|"
+        rows = (line.split(sep) for line in lines)
+        first_line = 1
+    for number, row in enumerate(rows, start=first_line):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip():
+            raise TitlesFileError(
+                f"{path}:{number}: expected 'id|title|...' (u.item), 'id::title::genres' (movies.dat) "
+                "or 'movieId,title,genres' (movies.csv)"
+            )
+        titles[row[0].strip()] = row[1].strip()
+    if not titles:
+        raise TitlesFileError(f"{path} holds no titles; give MovieLens u.item, movies.dat or movies.csv")
+    return titles
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
