@@ -267,7 +267,7 @@ def test_the_demo_deletes_its_topics_and_waits_for_it(make_settings) -> None:  #
     ensure_topics(settings)
     out = Console(record=True, width=200)
     _delete_topics(settings, out)
-    assert "deleted this run's four topics" in out.export_text()
+    assert "deleted this run's 6 topics" in out.export_text()
     # The controller confirmed the deletion; the broker's metadata follows within moments.
     from confluent_kafka.admin import AdminClient
 
