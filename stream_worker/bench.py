@@ -176,7 +176,7 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
 
     codec = SingleObjectCodec(USER_EVENT)
     started = time.perf_counter()
-    events = [(to_user_event(codec.decode(m.value()), m.key()), m.partition()) for m in msgs]
+    events = [(to_user_event(codec.decode(m.value()), m.key()), m.partition(), m.offset()) for m in msgs]
     stages["decode events/s"] = len(events) / (time.perf_counter() - started)
 
     state = UserState(
@@ -191,7 +191,7 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
 
     device = torch.device(config.device)
     loaded = checkpoint.load(model_dir, device)
-    users = sorted({e.user_id for e, _ in events})
+    users = sorted({e.user_id for e, *_ in events})
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for sparse in (False, True):
         inference = Inference(loaded, state.items, device, config.top_k, sparse=sparse)
@@ -267,7 +267,7 @@ def naive_consumer(config: BenchConfig, settings: Settings, model_dir: Path) -> 
                 continue
             started = started or time.perf_counter()  # from the first record: joining the group is not counted
             event = to_user_event(in_codec.decode(msg.value()), msg.key())
-            state.apply([(event, msg.partition())])
+            state.apply([(event, msg.partition(), msg.offset())])
             batch = state.batch([event.user_id])
             ranked = inference.recommend(batch)
             value = out_codec.encode(record(batch, ranked, 0, "multvae", 1, int(time.time() * 1000)))

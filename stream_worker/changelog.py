@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -86,7 +85,9 @@ def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, 
     consumer = Consumer(
         {
             **settings.kafka_common(),
-            "group.id": f"{settings.group_id}.restore-{uuid.uuid4().hex[:8]}",  # never commits
+            # assign() only and no commits, but librdkafka still asks the group's coordinator:
+            # a fixed name, so least-privilege ACLs can allow it (the workers' group prefix does).
+            "group.id": f"{settings.group_id}.restore",
             "enable.auto.commit": False,
             "enable.partition.eof": True,  # tells us when a partition is read to its end
             "isolation.level": "read_committed",

@@ -156,7 +156,9 @@ def test_a_model_swap_while_events_flow_loses_and_doubles_nothing(settings):
         wait_until(lambda: drained(settings), 60, "the worker to drain the history")
         flowing = threading.Thread(target=publish_events, args=(settings, events[1500:]), kwargs={"rate": 400})
         flowing.start()
-        trainer = settings.model_copy(update={"trainer_min_events": 100, "trainer_epochs": 2})
+        trainer = settings.model_copy(
+            update={"trainer_min_events": 100, "trainer_epochs": 2, "promotion_margin": 1.0}  # always promoted
+        )
         assert Trainer(trainer).round() is not None
         wait_until(lambda: worker.inference.model_version == 2, 60, "the swap to version 2")
         assert flowing.is_alive(), "the stream ended before the swap: it did not happen while events flowed"

@@ -77,7 +77,7 @@ def login(broker: LocalKafka, user: str, password: str | None = None) -> dict[st
 def grant_least_privilege(admin: Settings, settings: Settings, *, worker: str, trainer: str) -> None:
     """The ACLs worker and trainer need, and no more (what Strimzi KafkaUsers should grant too).
     READ and WRITE imply DESCRIBE. The consumer groups are the worker group and the fixed
-    suffixes the watcher, the trainer and the checkpoint reader add to it."""
+    suffixes the watcher, the restore, the trainer and the checkpoint reader add to it."""
     g = settings.group_id
     grants = {
         worker: [
@@ -86,7 +86,10 @@ def grant_least_privilege(admin: Settings, settings: Settings, *, worker: str, t
             (ResourceType.TOPIC, settings.dlq_topic, AclOperation.WRITE),
             (ResourceType.TOPIC, settings.model_updates_topic, AclOperation.READ),
             (ResourceType.TOPIC, settings.checkpoints_topic, AclOperation.READ),
+            (ResourceType.TOPIC, settings.state_topic, AclOperation.READ),  # restored on assignment ...
+            (ResourceType.TOPIC, settings.state_topic, AclOperation.WRITE),  # ... written as users change
             (ResourceType.GROUP, g, AclOperation.READ),
+            (ResourceType.GROUP, f"{g}.restore", AclOperation.READ),
             (ResourceType.GROUP, f"{g}.model-watcher", AclOperation.READ),
             (ResourceType.GROUP, f"{g}.checkpoints", AclOperation.READ),
         ],
@@ -119,6 +122,7 @@ def base(sasl_broker: LocalKafka, tmp_path) -> dict[str, object]:
         "model_updates_topic": f"t{run}.model-updates",
         "dlq_topic": f"t{run}.user-events.dlq",
         "checkpoints_topic": f"t{run}.model-checkpoints",
+        "state_topic": f"t{run}.user-state",
         "group_id": f"t{run}.worker",
         "metrics_port": 0,
         "trainer_metrics_port": 0,
@@ -149,6 +153,7 @@ def test_worker_and_trainer_log_in_with_scram_and_models_travel_through_kafka(sa
         checkpoint_store="kafka",
         trainer_min_events=100,
         trainer_epochs=5,
+        promotion_margin=1.0,  # promote whatever it trains: this test is about the transport
     )
     monkeypatch.delenv("STREAMREC_KAFKA_OPTIONS")
     check_kafka_login(worker_settings)
