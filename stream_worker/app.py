@@ -2,7 +2,7 @@
 
     [new model verified? swap it in] -> [acks arrived? commit their offsets] -> poll
          -> decode (bad record -> dead-letter topic) -> state -> batcher
-         -> [flush due] inference -> publish (sealed with the offsets it answers for)
+         -> [nothing more arrived, or batch full] inference -> publish (sealed with its offsets)
 
 Delivery is at-least-once: an offset is committed only after every record produced for the
 records behind it (recommendation or dead letter) is acknowledged by the broker. The loop does
@@ -247,16 +247,23 @@ class Worker:
         if self.publisher.in_flight >= self.settings.max_in_flight_records:
             self.publisher.poll(0.1)  # the broker is slow or away: let it catch up before taking more
             return
-        msgs = self.consumer.consume(self.settings.poll_max_records, timeout=self._poll_timeout())
+        msgs = self._poll()
         if msgs:
             self._ingest(msgs)
-        if self.batcher.due():
+        # Greedy batching: score as soon as nothing more has arrived, with everything that has;
+        # while records keep coming, coalesce up to max_batch_size users or max_batch_wait_ms.
+        if self.batcher.pending and (not msgs or self.batcher.due()):
             self._flush()
 
-    def _poll_timeout(self) -> float:
-        if not self.batcher.pending:
-            return 0.1  # nothing waits to be flushed: block a little rather than spin
-        return min(0.1, max(self.batcher.max_wait_s - self.batcher.waited_s(), 0.0))
+    def _poll(self) -> list[Message]:
+        """The records that have arrived. While work is pending, never wait; when idle, block for
+        the first record only (consume(n, t) would wait for n records or the whole timeout)."""
+        n = self.settings.poll_max_records
+        if self.batcher.pending:
+            return self.consumer.consume(n, timeout=0)
+        # Waiting for acknowledgements? Come back soon to serve them (and commit); else rest longer.
+        first = self.consumer.consume(1, timeout=0.005 if self.publisher.in_flight else 0.1)
+        return first + self.consumer.consume(n - 1, timeout=0) if first else first
 
     def _ingest(self, msgs: list[Message]) -> None:
         started = time.perf_counter()

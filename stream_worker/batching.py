@@ -1,9 +1,10 @@
-"""Micro-batching: coalesce the users whose state changed; flush on size or deadline.
+"""Micro-batching: coalesce the users whose state changed until they are scored.
 
-Several events of one user between two flushes become one inference. A flush is due when
-`max_size` users are waiting or when the oldest uncommitted work has waited `max_wait_s`
-(uncommitted work includes records that changed no user, e.g. dead letters, so their
-offsets are committed on the same deadline).
+Several events of one user between two flushes become one inference. The worker flushes
+greedily, as soon as a poll brings nothing new; while records keep arriving, a flush is `due`
+when `max_size` users are waiting or the oldest uncommitted work has waited `max_wait_s`
+(uncommitted work includes records that changed no user, e.g. dead letters, so their offsets
+are committed too). Under load, batches grow by themselves: more arrives while the model runs.
 """
 
 from __future__ import annotations

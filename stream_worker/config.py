@@ -64,7 +64,12 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when torch sees a GPU")
     top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation list")
     max_batch_size: int = Field(256, ge=1, description="Users scored together at most")
-    max_batch_wait_ms: int = Field(50, ge=0, description="Longest a changed user waits to be scored")
+    max_batch_wait_ms: int = Field(
+        50,
+        ge=0,
+        description="Upper bound on coalescing while records keep arriving; a user is scored as soon as "
+        "nothing more has arrived (greedy), so this is not a fixed delay",
+    )
     poll_max_records: int = Field(1000, ge=1, description="Records taken from Kafka per loop turn at most")
     state_max_users: int = Field(
         200_000, ge=1, description="Users held in memory (about 1.6 kB each); least recently active evicted"
