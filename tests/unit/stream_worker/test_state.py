@@ -114,3 +114,18 @@ def test_users_waiting_to_be_scored_are_never_evicted():
     assert "b" in s and "c" in s and "a" not in s
     with pytest.raises(RuntimeError, match="wait to be scored"):
         s.apply([(ev("d", "x", 4), 0, -1)])  # b and c both wait: no one may go
+
+
+def test_a_replayed_event_is_skipped_and_a_snapshot_restores_the_user_exactly():
+    s = state(recent_items=4)
+    events = [(ev("a", f"i{n}", n), 0, n) for n in range(6)]  # six events, offsets 0..5
+    s.apply(events[:5])
+    snap = s.snapshot("a")
+    restored = state(recent_items=4)
+    restored.restore(snap)
+    restored.apply(events)  # after a crash the log replays from an older commit: 0..4 are skipped
+    assert restored.replayed_total == 5
+    s.apply(events[5:])
+    mine, theirs = s.batch(["a"]), restored.batch(["a"])
+    assert theirs.events_seen[0] == mine.events_seen[0] == 6
+    assert codes_to_ids(restored, theirs.item_codes[0]) == codes_to_ids(s, mine.item_codes[0])
