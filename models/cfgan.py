@@ -147,6 +147,7 @@ class CFGAN(Recommender):
         opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_D, weight_decay=c.reg_D, foreach=True)
         X = (sp.csr_matrix(X) > 0).astype(np.float32)  # purchase vectors are 0/1
         report, start = FitReport(), time.perf_counter()
+        self.curve = report.curve  # the training curve so far, for progress displays (TrainProgress.loss)
         for epoch in range(1, c.epochs + 1):
             self.G.train()  # `score` (e.g. from on_epoch) switches to eval mode
             self.D.train()

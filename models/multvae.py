@@ -143,6 +143,7 @@ class MultVAE(Recommender):
         rng = np.random.default_rng(seed)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr)
         report, start, update_count = FitReport(), time.perf_counter(), 0
+        self.curve = report.curve  # the training curve so far, for progress displays (TrainProgress.loss)
         X = X.tocsr().astype(np.float32)
         for epoch in range(1, c.epochs + 1):
             self.net.train()

@@ -41,6 +41,7 @@ class TrainProgress:
     epochs: int  # epochs planned (early stopping in `on_epoch` may end training sooner)
     seconds: float  # since training started
     model: Recommender  # the model as it is now (e.g. to score validation users)
+    loss: float | None = None  # this epoch's training loss (Mult-VAE/DAE: -ELBO; CFGAN: the generator's)
 
     @property
     def seconds_left(self) -> float:
@@ -91,7 +92,9 @@ def _with_progress(
     started = time.perf_counter()
 
     def hook(model: Recommender, epoch: int) -> bool | None:
-        on_progress(TrainProgress(epoch, epochs, time.perf_counter() - started, model))
+        curve = getattr(model, "curve", None) or [{}]  # models that keep a training curve
+        loss = curve[-1].get("loss", curve[-1].get("loss_G"))
+        on_progress(TrainProgress(epoch, epochs, time.perf_counter() - started, model, loss))
         return on_epoch(model, epoch) if on_epoch is not None else None
 
     return hook

@@ -174,7 +174,8 @@ class Worker:
                     f"{self.publisher.in_flight} records still unacknowledged after {settings.flush_timeout_s:.0f}s"
                     " (STREAMREC_FLUSH_TIMEOUT_S); their events stay uncommitted and will be replayed"
                 )
-            log.info("stopped cleanly; all consumed events are published and committed")
+        # Only once the clients are closed (a second Ctrl+C during the close exits before this line).
+        log.info("stopped cleanly; all consumed events are published and committed")
 
     def _open(self, resources: ExitStack) -> None:
         """Clients, publisher, model watcher, Kafka probe and HTTP endpoint, closed by `resources`."""

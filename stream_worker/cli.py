@@ -417,7 +417,8 @@ class _EpochProgress:
         from models.evaluate import holdout_metrics
 
         figure = holdout_metrics(progress.model, self.fold_in, self.held_out, k=self.k)[f"ndcg@{self.k}"]
-        text = f"validation ndcg@{self.k} {figure:.4f}"
+        loss = "" if progress.loss is None else f"loss {progress.loss:.4g}  "
+        text = f"{loss}validation ndcg@{self.k} {figure:.4f}"
         self.bar.update(self.task, total=progress.epochs, completed=progress.epoch, figure=text)
         step = max(progress.epochs // 10, 1)
         if not self.out.is_terminal and (progress.epoch % step == 0 or progress.epoch == progress.epochs):

@@ -12,6 +12,7 @@ def test_on_progress_is_called_once_per_epoch_with_time_left():
     assert [p.epoch for p in seen] == [1, 2, 3] and all(p.epochs == 3 for p in seen)
     assert seen[-1].seconds_left == 0 and seen[0].seconds_left >= 0
     assert seen[0].model is seen[-1].model
+    assert all(p.loss is not None and p.loss > 0 for p in seen) and seen[0].loss != seen[-1].loss
 
 
 def test_format_metrics_shows_counts_as_integers():
