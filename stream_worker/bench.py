@@ -549,7 +549,8 @@ def run_bench(
             say(f"producing a backlog of {config.backlog_events:,} events ({config.n_users:,} users, "
                 f"{config.n_items:,} items) ...")  # fmt: skip
             codec = SingleObjectCodec(USER_EVENT)
-            events = make_events(config, config.backlog_events, config.seed, int(time.time() * 1000))
+            newest_is_now = int(time.time() * 1000) - config.backlog_events  # no event_time in the future
+            events = make_events(config, config.backlog_events, config.seed, newest_is_now)
             values = [(e.user_id.encode(), codec.encode(from_user_event(e))) for e in events]
             results.stages["produce events/s"] = produce_all(settings, settings.events_topic, values)
 
