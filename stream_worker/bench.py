@@ -415,7 +415,10 @@ def _reader_process(common: dict, topic: str, ready: Any, stop: Any, out: str) -
     ready.set()
     rows = []
     while not stop.is_set():
-        msgs = consumer.consume(1000, timeout=0.05)
+        # Block for the first list only, then take what has already arrived: consume(1000, 0.05)
+        # would hold every list until 1,000 came or 50 ms passed, and the reader's wait would count.
+        msgs = consumer.consume(1, timeout=0.05)
+        msgs += consumer.consume(999, timeout=0) if msgs else []
         received = time.time() * 1000  # before decoding: decoding is the reader's cost, not the worker's
         for msg in msgs:
             if msg.error() or msg.value() is None:
