@@ -18,6 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -83,9 +84,13 @@ def assert_exact(settings, events, *, exactly_once: bool = False) -> None:
 
 
 class WorkerProcess:
-    """`streamrec worker` as a separate process (so it can be SIGKILLed), with /readyz on its own port."""
+    """`streamrec worker` as a separate process (so it can be SIGKILLed), with /readyz on its own port.
+    Every one started is killed at the end of its test, whatever happened (`_no_worker_left`)."""
+
+    started: ClassVar[list[WorkerProcess]] = []
 
     def __init__(self, settings, instance_id: str, log_dir: Path) -> None:
+        WorkerProcess.started.append(self)
         self.port = free_port()
         env = {
             **os.environ,
@@ -112,6 +117,16 @@ class WorkerProcess:
         code = self.process.wait(timeout=90)
         self.log.close()
         return code
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left():
+    yield
+    for worker in WorkerProcess.started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait(timeout=30)
+    WorkerProcess.started.clear()
 
 
 def stream_in_background(settings, events, rate: float) -> threading.Thread:
