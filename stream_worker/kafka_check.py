@@ -133,7 +133,7 @@ def local_port(bootstrap_servers: str) -> int | None:
 
 def _unreachable_sentence(settings: Settings, errors: list[KafkaError], timeout_s: float) -> str:
     address = settings.bootstrap_servers
-    options = settings.kafka_options
+    options = settings.kafka_common()  # with the options file, where credentials may come from
     auth = [e for e in errors if e.code() == KafkaError._AUTHENTICATION]
     if auth:
         mechanism = options.get("sasl.mechanism", options.get("sasl.mechanisms", "GSSAPI"))
