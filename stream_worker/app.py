@@ -474,13 +474,13 @@ class Worker:
         """Partitions were taken without a chance to commit: their records will be replayed
         elsewhere, so their offsets are dropped; what is held is still published (duplicates
         are harmless: the newest recommendation per user wins)."""
-        lost = {(tp.topic, tp.partition) for tp in partitions}
-        self.publisher.drop_partitions(lost)
         self._forget(partitions)  # first: their users' state must not be written from here any more
         if not self._broken:
             self._flush()
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions left this worker: nothing of theirs is committed or written from here any more."""
+        self.publisher.drop_partitions({(tp.topic, tp.partition) for tp in partitions})
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self.pending_offsets.pop(key, None)

@@ -36,7 +36,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_worker.codec import RECOMMENDATION, USER_EVENT, SingleObjectCodec, UserEvent, from_user_event
-from stream_worker.config import Settings
+from stream_worker.config import Settings, topics_under
 
 EVENT_TYPES = ("VIEW", "CLICK", "ADD_TO_CART", "PURCHASE")
 
@@ -289,9 +289,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-        for name in ("bootstrap_servers", "events_topic", "recommendations_topic", "model_updates_topic", "dlq_topic",
-                     "group_id", "device", "torch_threads", "metrics_port", "top_k", "state_recent_items"):  # fmt: skip
-            env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
+        env.update(settings.to_env())  # every setting, the run's own topics included
         env["STREAMREC_METRICS_HOST"] = "127.0.0.1"
         self.port = settings.metrics_port
         self._log = log_path.open("wb")
@@ -531,10 +529,7 @@ def run_bench(
             run = uuid.uuid4().hex[:8]
             settings = load_settings(
                 bootstrap_servers=bootstrap_servers,
-                events_topic=f"bench{run}.user-events",
-                recommendations_topic=f"bench{run}.recommendations",
-                model_updates_topic=f"bench{run}.model-updates",
-                dlq_topic=f"bench{run}.user-events.dlq",
+                **topics_under(f"bench{run}"),
                 group_id=f"bench{run}.worker",
                 model_dir=tmp / "model",
                 device=config.device,

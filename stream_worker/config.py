@@ -232,15 +232,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        topics = [
-            self.events_topic,
-            self.recommendations_topic,
-            self.model_updates_topic,
-            self.dlq_topic,
-            self.state_topic,
-        ]
-        if len(set(topics)) != len(topics):
-            raise ValueError(f"the topics must be different, got {topics}")
+        seen: dict[str, str] = {}
+        for name in TOPIC_SETTINGS:
+            topic = getattr(self, name)
+            if topic in seen:
+                raise ValueError(
+                    f"the {name.removesuffix('_topic').replace('_', ' ')} topic must differ from the other topics: "
+                    f"{topic!r} is also {ENV_PREFIX}{seen[topic].upper()} (all topics must be different)"
+                )
+            seen[topic] = name
         # Users waiting to be scored are the most recently active, so eviction (least recent
         # first) can never take one of them as long as they all fit at once.
         if self.state_max_users < self.max_batch_size + self.poll_max_records:
@@ -248,13 +248,6 @@ class Settings(BaseSettings):
                 f"state_max_users ({self.state_max_users}) must be at least max_batch_size + "
                 f"poll_max_records ({self.max_batch_size + self.poll_max_records})"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _checkpoints_topic_is_its_own(self) -> Settings:
-        topics = {self.events_topic, self.recommendations_topic, self.model_updates_topic, self.dlq_topic}
-        if self.checkpoints_topic in topics:
-            raise ValueError(f"the checkpoints topic must differ from the other topics, got {self.checkpoints_topic!r}")
         return self
 
     @field_validator("kafka_options_file")
@@ -317,6 +310,23 @@ def read_kafka_options_file(path: Path | None) -> dict[str, str]:
             raise ValueError(f"line {number} of the Kafka options file {path} is not key=value")
         options[key.strip()] = value.strip()
     return options
+
+
+# Every setting that names a topic.
+TOPIC_SETTINGS = (
+    "events_topic",
+    "recommendations_topic",
+    "model_updates_topic",
+    "dlq_topic",
+    "state_topic",
+    "checkpoints_topic",
+)
+
+
+def topics_under(prefix: str) -> dict[str, str]:
+    """Every topic setting as `<prefix>.<default name>` (e.g. `t1a2b.user-events`): a run with
+    topics of its own, for tests, benchmarks and the demo."""
+    return {name: f"{prefix}.{Settings.model_fields[name].default}" for name in TOPIC_SETTINGS}
 
 
 # STREAMREC_* variables that are not settings of the worker or trainer, but are read elsewhere.

@@ -36,7 +36,7 @@ from rich.table import Table
 
 from models.report import format_metrics
 from stream_worker.codec import UserEvent
-from stream_worker.config import ENV_PREFIX, Settings, load_settings
+from stream_worker.config import ENV_PREFIX, Settings, load_settings, topics_under
 from stream_worker.demo_report import DemoRecord, write_report
 from stream_worker.kafka_check import check_kafka, quiet
 from stream_worker.kafka_local import REPO_ROOT, LocalKafka, free_port
@@ -75,12 +75,7 @@ def run_demo(
     prefix = f"streamrec-demo-{run_id}"
     settings = load_settings(
         bootstrap_servers=bootstrap_servers,
-        events_topic=f"{prefix}.user-events",
-        recommendations_topic=f"{prefix}.recommendations",
-        model_updates_topic=f"{prefix}.model-updates",
-        dlq_topic=f"{prefix}.user-events.dlq",
-        state_topic=f"{prefix}.user-state",
-        checkpoints_topic=f"{prefix}.model-checkpoints",
+        **topics_under(prefix),
         group_id=prefix,
         model_dir=workdir / "models",
         metrics_port=free_port(),

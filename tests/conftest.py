@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_worker.config import ENV_PREFIX, Settings, load_settings
+from stream_worker.config import ENV_PREFIX, Settings, load_settings, topics_under
 from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,12 +63,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
         run = uuid.uuid4().hex[:8]
         base = {
             "bootstrap_servers": kafka_bootstrap,
-            "events_topic": f"t{run}.user-events",
-            "recommendations_topic": f"t{run}.recommendations",
-            "model_updates_topic": f"t{run}.model-updates",
-            "dlq_topic": f"t{run}.user-events.dlq",
-            "state_topic": f"t{run}.user-state",
-            "checkpoints_topic": f"t{run}.model-checkpoints",
+            **topics_under(f"t{run}"),
             "group_id": f"t{run}.worker",
             "model_dir": tmp_path / "models",
             "metrics_port": 0,

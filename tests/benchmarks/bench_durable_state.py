@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_worker import changelog
 from stream_worker.app import Worker
-from stream_worker.config import load_settings
+from stream_worker.config import load_settings, topics_under
 from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
 from stream_worker.publish import producer_config
 from stream_worker.replay import publish_events
@@ -35,11 +35,7 @@ def drain_rate(bootstrap: str, model_dir: Path, events: list, guarantee: str) ->
     run = uuid.uuid4().hex[:8]
     settings = load_settings(
         bootstrap_servers=bootstrap,
-        events_topic=f"b{run}.events",
-        recommendations_topic=f"b{run}.recs",
-        model_updates_topic=f"b{run}.updates",
-        dlq_topic=f"b{run}.dlq",
-        state_topic=f"b{run}.state",
+        **topics_under(f"b{run}"),
         group_id=f"b{run}",
         model_dir=model_dir,
         metrics_port=0,
@@ -68,9 +64,7 @@ def drain_rate(bootstrap: str, model_dir: Path, events: list, guarantee: str) ->
 
 def restore_rate(bootstrap: str, n_users: int, recent: int) -> tuple[float, float]:
     run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        bootstrap_servers=bootstrap, events_topic=f"r{run}.events", state_topic=f"r{run}.state", group_id=f"r{run}"
-    )
+    settings = load_settings(bootstrap_servers=bootstrap, **topics_under(f"r{run}"), group_id=f"r{run}")
     ensure_topics(settings, partitions=3)
     producer = Producer({**producer_config(settings.kafka_common()), "linger.ms": 50})
     rng = np.random.default_rng(0)

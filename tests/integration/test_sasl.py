@@ -25,7 +25,7 @@ from confluent_kafka.admin import (
 )
 
 from stream_worker.codec import MODEL_UPDATE, make_codec
-from stream_worker.config import Settings, load_settings
+from stream_worker.config import Settings, load_settings, topics_under
 from stream_worker.kafka_auth import KafkaLoginError, check_kafka_login
 from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
 from stream_worker.replay import publish_events
@@ -117,12 +117,7 @@ def base(sasl_broker: LocalKafka, tmp_path) -> dict[str, object]:
     run = uuid.uuid4().hex[:8]
     return {
         "bootstrap_servers": sasl_broker.bootstrap,
-        "events_topic": f"t{run}.user-events",
-        "recommendations_topic": f"t{run}.recommendations",
-        "model_updates_topic": f"t{run}.model-updates",
-        "dlq_topic": f"t{run}.user-events.dlq",
-        "checkpoints_topic": f"t{run}.model-checkpoints",
-        "state_topic": f"t{run}.user-state",
+        **topics_under(f"t{run}"),
         "group_id": f"t{run}.worker",
         "metrics_port": 0,
         "trainer_metrics_port": 0,
