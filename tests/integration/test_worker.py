@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -175,9 +176,18 @@ def test_sigterm_mid_stream_loses_nothing_and_a_restart_resumes_from_committed_o
     worker = _worker_process(settings)
     publish_events(settings, events[:2000])
     wait_until(lambda: sum(max(o, 0) for o in committed_offsets(settings).values()) > 0, 60, "a first commit")
-    publish_events(settings, events[2000:], rate=4000)  # still arriving when SIGTERM lands
-    worker.send_signal(signal.SIGTERM)
-    _, stderr = worker.communicate(timeout=60)
+    # The second half trickles in over ~4 s; SIGTERM lands once the worker has committed into it,
+    # so events are still arriving when it stops (the worker drains faster than they come).
+    stream = threading.Thread(target=publish_events, args=(settings, events[2000:]), kwargs={"rate": 500})
+    stream.start()
+    try:
+        past_first_half = lambda: sum(max(o, 0) for o in committed_offsets(settings).values()) > 2000  # noqa: E731
+        wait_until(past_first_half, 60, "a commit past the first 2000 events")
+        assert stream.is_alive(), "the stream ended before SIGTERM: it would not land mid-stream"
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    finally:
+        stream.join(timeout=60)
     assert worker.returncode == 0, stderr.decode()[-2000:]
 
     # A clean stop publishes and commits everything it consumed: each user's last list reflects
