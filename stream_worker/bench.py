@@ -76,6 +76,7 @@ class Results:
     drain: dict[str, Any] = field(default_factory=dict)
     rates: list[dict[str, Any]] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
+    state_bytes: dict[str, float] = field(default_factory=dict)  # per user held
 
 
 # --- events --------------------------------------------------------------------------------
@@ -188,6 +189,7 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
     started = time.perf_counter()
     state.apply(events)
     stages["state events/s"] = len(events) / (time.perf_counter() - started)
+    results.state_bytes = state_bytes_per_user(config, msgs)
 
     device = torch.device(config.device)
     loaded = checkpoint.load(model_dir, device)
@@ -228,6 +230,39 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
         producer.poll(0)
     assert producer.flush(60) == 0, "stage encode+produce: records unacknowledged"
     stages["encode+produce lists/s"] = len(users) / (time.perf_counter() - started)
+
+
+def state_bytes_per_user(config: BenchConfig, msgs: list[Any]) -> dict[str, float]:
+    """What a user costs in the state: its arrays per user (interactions, and with the per-user
+    counters), and every byte Python allocated for the state while decoding into it (ids and
+    the dict included; tracemalloc, so strings the state keeps are counted once)."""
+    import tracemalloc
+
+    from stream_worker.codec import to_user_event
+    from stream_worker.config import DEFAULT_EVENT_WEIGHTS
+    from stream_worker.state import UserState
+
+    codec = SingleObjectCodec(USER_EVENT)
+    tracemalloc.start()
+    try:
+        state = UserState(
+            max_users=config.n_users,  # arrays sized to the users exactly: no spare rows counted
+            recent_items=config.recent_items,
+            event_weights=DEFAULT_EVENT_WEIGHTS,
+            decay_half_life_s=Settings.model_fields["decay_half_life_s"].default,
+        )
+        for lo in range(0, len(msgs), 1000):
+            chunk = msgs[lo : lo + 1000]
+            state.apply([(to_user_event(codec.decode(m.value()), m.key()), m.partition(), m.offset()) for m in chunk])
+        allocated = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    arrays = state.bytes_per_user()
+    return {
+        "interactions bytes": arrays["interactions"],
+        "arrays bytes": arrays["all"],
+        "allocated bytes": allocated / len(state),
+    }
 
 
 # --- 2. the naive consumer -----------------------------------------------------------------
@@ -603,6 +638,9 @@ def table(results: Results) -> str:
         "",
         f"{'worker draining the backlog, events/s':<44}{d['events/s']:>14,.0f}",
         f"{'naive per-event consumer, events/s':<44}{results.naive_events_per_s:>14,.0f}",
+        f"{'state per user, bytes':<44}{results.state_bytes['interactions bytes']:>14,.0f}"
+        f"  ({results.config['recent_items']} interactions; {results.state_bytes['arrays bytes']:,.0f} with counters, "
+        f"{results.state_bytes['allocated bytes']:,.0f} allocated in all)",
         f"  per flush while draining: {d['users per batch']:.0f} users/batch, batch_wait {d['batch_wait ms']:.1f} ms, "
         f"inference {d['inference ms']:.1f} ms, publish {d['publish ms']:.1f} ms, commit {d['commit ms']:.1f} ms",
         "  share of the drain's wall time: "
@@ -647,6 +685,9 @@ def markdown(results: Results) -> str:
         f"| **worker draining the backlog, events/s** | **{d['events/s']:,.0f}** |",
         f"| naive per-event consumer, events/s | {results.naive_events_per_s:,.0f} |",
         f"| drain / naive | {results.ratios['drain / naive']:.1f}x |",
+        f"| state per user: {results.config['recent_items']} interactions / with counters / all allocated, bytes | "
+        f"{results.state_bytes['interactions bytes']:,.0f} / {results.state_bytes['arrays bytes']:,.0f} / "
+        f"{results.state_bytes['allocated bytes']:,.0f} |",
         "",
         "| rate (events/s) | lists | p50 ms | p90 ms | p99 ms | generated_at p50 / p99 ms | users/batch | "
         "batch wait / inference / publish / commit ms |",

@@ -1,8 +1,10 @@
 """Rolling per-user interaction state, held in compact NumPy arrays.
 
 Each user owns one row ("slot") of fixed-width ring buffers holding their most recent
-`recent_items` interactions: item code, weight, event time. No Python object is made per
-interaction; the only per-user objects are the user id (dict key) and their last event id.
+`recent_items` interactions: item code (int32), weight (float16) and event time (uint32
+seconds), 10 bytes each as `model_input` defines them, so 100 interactions take 1,000 bytes.
+No Python object is made per interaction; the only per-user objects are the user id (dict key)
+and their last event id.
 Memory is bounded: the arrays grow by doubling up to `max_users` rows, after which the
 least recently active user that is not waiting to be scored is evicted; the item table holds
 at most `max_items` ids, reclaiming those no held user references when it fills.
@@ -22,9 +24,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_worker.codec import UserEvent
-from stream_worker.model_input import decayed
+from stream_worker.model_input import (
+    TIME_DTYPE,
+    WEIGHT_DTYPE,
+    decayed,
+    stored_times,
+    stored_weights,
+    times_ms_of,
+)
 
 _INITIAL_ROWS = 1024
+_WEIGHT_MAX = float(np.finfo(WEIGHT_DTYPE).max)
+_TIME_MAX_S = int(np.iinfo(TIME_DTYPE).max)
 
 
 def interaction_weight(event_weights: dict[str, float], event_type: str, value: float | None) -> float:
@@ -93,8 +104,8 @@ class UserSnapshot:
     last_event_ms: int
     last_event_id: str
     item_ids: list[str]  # "" where the item table was full
-    weights: np.ndarray  # float32, undecayed
-    times_ms: np.ndarray  # int64 event times
+    weights: np.ndarray  # float32, undecayed (values of float16, as the state holds them)
+    times_ms: np.ndarray  # int64 event times, rounded down to the second as the state holds them
 
 
 @dataclass
@@ -129,8 +140,8 @@ class UserState:
 
         rows = min(_INITIAL_ROWS, max_users)
         self._item_codes = np.full((rows, recent_items), -1, np.int32)
-        self._weights = np.zeros((rows, recent_items), np.float32)
-        self._times = np.zeros((rows, recent_items), np.int64)
+        self._weights = np.zeros((rows, recent_items), WEIGHT_DTYPE)
+        self._times_s = np.zeros((rows, recent_items), TIME_DTYPE)
         self._events_seen = np.zeros(rows, np.int64)  # also the ring position: events_seen % L
         self._last_event_ms = np.zeros(rows, np.int64)
         self._partition = np.full(rows, -1, np.int32)
@@ -164,8 +175,10 @@ class UserState:
             n = self._events_seen[slot]
             pos = n % self.recent_items
             self._item_codes[slot, pos] = self._item_code(event.item_id)
-            self._weights[slot, pos] = interaction_weight(self.event_weights, event.event_type, event.value)
-            self._times[slot, pos] = event.event_time_ms
+            weight = interaction_weight(self.event_weights, event.event_type, event.value)
+            # = stored_weights, rounded through float32 as the trainer's float32 weights are
+            self._weights[slot, pos] = np.float32(min(max(weight, -_WEIGHT_MAX), _WEIGHT_MAX))
+            self._times_s[slot, pos] = min(max(event.event_time_ms // 1000, 0), _TIME_MAX_S)  # = stored_times
             self._events_seen[slot] = n + 1
             if event.event_time_ms >= self._last_event_ms[slot]:
                 self._last_event_ms[slot] = event.event_time_ms
@@ -183,7 +196,8 @@ class UserState:
         codes = self._item_codes[slots]  # (B, L)
         weights = self._weights[slots]  # (B, L)
         last = self._last_event_ms[slots]  # (B,)
-        weights = decayed(weights, self._times[slots], last[:, None], self._decay_per_ms)  # model_input's rule
+        times_ms = times_ms_of(self._times_s[slots])
+        weights = decayed(weights, times_ms, last[:, None], self._decay_per_ms)  # model_input's rule
         weights = np.where(codes >= 0, weights, 0.0).astype(np.float32)
         return StateBatch(
             user_ids=list(user_ids),
@@ -225,8 +239,8 @@ class UserState:
             last_event_ms=int(self._last_event_ms[slot]),
             last_event_id=self._last_event_id[slot],
             item_ids=[self.items.ids[c] if c >= 0 else "" for c in codes.tolist()],
-            weights=self._weights[slot, order].copy(),
-            times_ms=self._times[slot, order].copy(),
+            weights=self._weights[slot, order].astype(np.float32),
+            times_ms=times_ms_of(self._times_s[slot, order]),
         )
 
     def restore(self, snap: UserSnapshot) -> None:
@@ -237,13 +251,20 @@ class UserState:
         held = len(snap.item_ids)
         positions = [(snap.events_seen - held + j) % self.recent_items for j in range(held)]
         self._item_codes[slot, positions] = [self._item_code(i) if i else -1 for i in snap.item_ids]
-        self._weights[slot, positions] = snap.weights
-        self._times[slot, positions] = snap.times_ms
+        self._weights[slot, positions] = stored_weights(snap.weights)
+        self._times_s[slot, positions] = stored_times(snap.times_ms)
         self._events_seen[slot] = snap.events_seen
         self._last_event_ms[slot] = snap.last_event_ms
         self._last_event_id[slot] = snap.last_event_id
         self._partition[slot] = snap.partition
         self._offset[slot] = snap.offset
+
+    def bytes_per_user(self) -> dict[str, int]:
+        """Bytes each held user costs in the state's arrays: their interactions, and in all
+        (with the per-user counters); the user id and last event id strings come on top."""
+        interactions = sum(a.itemsize * a.shape[1] for a in (self._item_codes, self._weights, self._times_s))
+        counters = sum(a.itemsize for a in (self._events_seen, self._last_event_ms, self._partition, self._offset))
+        return {"interactions": interactions, "all": interactions + counters}
 
     def partition_of(self, user_id: str) -> int:
         return int(self._partition[self._slots[user_id]])
@@ -294,7 +315,7 @@ class UserState:
         self._unbatched.discard(user_id)
         self._item_codes[slot] = -1
         self._weights[slot] = 0
-        self._times[slot] = 0
+        self._times_s[slot] = 0
         self._events_seen[slot] = 0
         self._last_event_ms[slot] = 0
         self._partition[slot] = -1
@@ -312,7 +333,7 @@ class UserState:
 
         self._item_codes = pad(self._item_codes, -1)
         self._weights = pad(self._weights, 0)
-        self._times = pad(self._times, 0)
+        self._times_s = pad(self._times_s, 0)
         self._events_seen = pad(self._events_seen, 0)
         self._last_event_ms = pad(self._last_event_ms, 0)
         self._partition = pad(self._partition, -1)

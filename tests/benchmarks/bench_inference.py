@@ -107,9 +107,12 @@ def main() -> None:
     args = parser.parse_args()
 
     state, events_per_s = build_state(args.users, args.items, args.events_per_user, args.recent_items)
-    state_bytes = sum(a.nbytes for a in (state._item_codes, state._weights, state._times))
+    state_bytes = state.bytes_per_user()
     print(f"catalog {args.items} items, {len(state)} users, torch {torch.__version__}, {os.cpu_count()} cores")
-    print(f"state: {events_per_s:,.0f} events/s applied; {state_bytes / len(state):,.0f} bytes/user of history arrays")
+    print(
+        f"state: {events_per_s:,.0f} events/s applied; {state_bytes['interactions']:,} bytes/user of "
+        f"interactions, {state_bytes['all']:,} with counters"
+    )
 
     devices = [torch.device(args.device)] + ([torch.device("cpu")] if args.compare_cpu and args.device != "cpu" else [])
     served = []

@@ -22,6 +22,9 @@ def test_quick_bench_measures_every_figure(kafka_bootstrap, tmp_path):
     assert set(saved["stages"]) == stages
     assert all(value > 0 and math.isfinite(value) for value in saved["stages"].values())
     assert saved["naive_events_per_s"] > 0
+    state = saved["state_bytes"]  # the quick config keeps 100 recent items per user too
+    assert state["interactions bytes"] == 1000 and state["arrays bytes"] == 1028
+    assert 1028 < state["allocated bytes"] < 4000  # + user id, last event id, the dict entry
     drain = saved["drain"]
     assert drain["events"] == 3000 and drain["events/s"] > 0 and drain["users per batch"] >= 1
     (rate,) = saved["rates"]

@@ -61,3 +61,26 @@ def test_only_the_last_recent_items_count_and_decay_halves_per_half_life():
         rate_per_ms=decay_rate_per_ms(24 * 3600.0),
     ).toarray()
     np.testing.assert_allclose(rows, [[0.0, 0.5, 1.0], [1.0, 0.0, 0.0]], rtol=1e-6)
+
+
+def test_trainer_and_worker_round_weights_and_event_times_alike():
+    """Half-precision weights and times in whole seconds (what the state stores) on both sides:
+    with a 5 s half-life and times 1 ms apart from second boundaries, any difference shows."""
+    times = np.array([1_700_000_000_999, 1_700_000_001_001, 1_700_000_003_500, 1_700_000_004_000], np.int64)
+    values = [3.3, 4.7, 1.1, 2.9]  # RATING weights 4 x value / 5 are not exact in float16
+    events = [
+        UserEvent(f"e{i}", "u0", f"i{i}", "RATING", v, int(t))
+        for i, (v, t) in enumerate(zip(values, times, strict=True))
+    ]
+    state = UserState(max_users=10, recent_items=4, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=5.0)
+    state.apply((e, 0, -1) for e in events)
+    batch = state.batch(["u0"])
+    from_state = np.zeros(4, np.float32)
+    for code, weight in zip(batch.item_codes[0], batch.weights[0], strict=True):
+        from_state[int(state.items.ids[code][1:])] += weight
+    weights = np.array([interaction_weight(DEFAULT_EVENT_WEIGHTS, "RATING", v) for v in values], np.float32)
+    rows = input_rows(
+        np.zeros(4, np.int64), np.arange(4), weights, times,
+        n_users=1, n_items=4, recent_items=4, rate_per_ms=decay_rate_per_ms(5.0),
+    ).toarray()[0]  # fmt: skip
+    np.testing.assert_allclose(rows, from_state, rtol=1e-6)

@@ -129,3 +129,23 @@ def test_a_replayed_event_is_skipped_and_a_snapshot_restores_the_user_exactly():
     mine, theirs = s.batch(["a"]), restored.batch(["a"])
     assert theirs.events_seen[0] == mine.events_seen[0] == 6
     assert codes_to_ids(restored, theirs.item_codes[0]) == codes_to_ids(s, mine.item_codes[0])
+
+
+def test_a_user_with_100_recent_items_costs_1000_bytes_of_interactions():
+    s = state(recent_items=100)
+    s.apply([(ev("a", f"i{n}", n * 1000), 0, n) for n in range(150)])
+    assert s.bytes_per_user() == {"interactions": 1000, "all": 1028}  # + events_seen, last time, partition, offset
+
+
+def test_weights_and_times_are_held_as_the_model_input_defines_them():
+    s = state(recent_items=4)
+    huge, before_1970, ms = 10**9, -5_000, 1_700_000_000_123
+    s.apply([(ev("a", "big", ms, "RATING", huge), 0, 0), (ev("a", "old", before_1970), 0, 1), (ev("a", "x", ms), 0, 2)])
+    snap = s.snapshot("a")
+    assert snap.weights.tolist() == [65504.0, 1.0, 1.0]  # float16's largest, not inf
+    assert snap.times_ms.tolist() == [1_700_000_000_000, 0, 1_700_000_000_000]  # whole seconds, from 1970
+    assert snap.last_event_ms == ms  # the user's newest time stays exact
+    restored = state(recent_items=4)
+    restored.restore(snap)
+    again = restored.snapshot("a")  # what the changelog carries restores exactly
+    assert again.weights.tolist() == snap.weights.tolist() and again.times_ms.tolist() == snap.times_ms.tolist()
