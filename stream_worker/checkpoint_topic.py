@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from models import checkpoint
@@ -386,7 +386,7 @@ def _read(settings: Settings, partition: int, start: int, last: int | None, dead
     )
     try:
         tp = TopicPartition(topic, partition)
-        low, high = consumer.get_watermark_offsets(tp, timeout=max(deadline - time.monotonic(), 1.0))
+        low, high = _watermarks(consumer, tp, deadline)
         end = high if last is None else last + 1
         if high < end and last is not None:
             raise CheckpointIntegrityError(f"{topic} partition {partition} ends at offset {high}, before {last}")
@@ -409,6 +409,27 @@ def _read(settings: Settings, partition: int, start: int, last: int | None, dead
                 return
     finally:
         consumer.close()
+
+
+# A partition whose leader the broker has not settled yet (the topic was just created, a broker is
+# restarting) answers these for a moment; asked again, it answers.
+_NOT_SETTLED = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """(low, high) offsets of `tp`, asking again every 0.2 s while its leader is not settled."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(deadline - time.monotonic(), 1.0))
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_SETTLED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # a backoff between requests to the broker, not a wait for an event
 
 
 @dataclass

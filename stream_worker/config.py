@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     poll_max_records: int = Field(1000, ge=1, description="Records taken from Kafka per loop turn at most")
     state_max_users: int = Field(
-        200_000, ge=1, description="Users held in memory (about 1.4 kB each at 100 recent items); least recently active evicted"
+        200_000, ge=1, description="Users held in memory (about 1.4 kB each); least recently active evicted"
     )
     state_recent_items: int = Field(100, ge=1, le=10_000, description="Interactions remembered per user")
     event_weights: dict[str, float] = Field(

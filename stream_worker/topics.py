@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -53,7 +55,29 @@ def ensure_topics(settings: Settings, partitions: int | None = None, timeout_s: 
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
             outcome[topic] = "exists"
+    _wait_for_leaders(admin, [t for t, o in outcome.items() if o == "created"], timeout_s)
     return outcome
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Return once every partition of `topics` has a leader, so the first client to use a topic
+    just created does not meet NOT_LEADER_FOR_PARTITION; raise KafkaException after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    waiting = set(topics)
+    while waiting:
+        metadata = admin.list_topics(timeout=max(deadline - time.monotonic(), 1.0)).topics
+        waiting = {
+            t
+            for t in waiting
+            if t not in metadata
+            or metadata[t].error is not None
+            or not metadata[t].partitions
+            or any(p.leader < 0 or p.error is not None for p in metadata[t].partitions.values())
+        }
+        if waiting and time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no leader elected for {sorted(waiting)}"))
+        if waiting:
+            time.sleep(0.1)  # a backoff between metadata requests
 
 
 def committed_and_end_offsets(settings: Settings, timeout_s: float = 10) -> tuple[dict[int, int], dict[int, int]]:

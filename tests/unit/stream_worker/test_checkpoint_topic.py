@@ -1,12 +1,15 @@
 """Pure parts of checkpoints-through-Kafka and of the SASL local broker's configuration."""
 
+import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_worker.checkpoint_topic import (
     CHUNK_BYTES,
     CheckpointTransferError,
+    _watermarks,
     checkpoint_uri,
     checkpoints_topic_spec,
     local_checkpoint,
@@ -71,3 +74,29 @@ def test_the_watcher_refuses_a_kafka_uri_on_another_topic_and_fetches_nothing_fo
     assert fetched_from_kafka(settings, stale, limits, {"multvae": 3}) == (stale, limits)
     plain = {**update, "checkpoint_uri": str(tmp_path / "v000003")}
     assert fetched_from_kafka(settings, plain, limits, {"multvae": 2}) == (plain, limits)
+
+
+class _UnsettledConsumer:
+    """Answers NOT_LEADER_FOR_PARTITION `times` times, as a broker does just after creating a topic."""
+
+    def __init__(self, times: int, code: int = KafkaError.NOT_LEADER_FOR_PARTITION) -> None:
+        self.times, self.code, self.asked = times, code, 0
+
+    def get_watermark_offsets(self, _tp, timeout):
+        self.asked += 1
+        if self.asked <= self.times:
+            raise KafkaException(KafkaError(self.code))
+        return 0, 7
+
+
+def test_a_partition_whose_leader_is_not_settled_is_asked_again_until_the_deadline():
+    tp = TopicPartition("model-checkpoints", 0)
+    consumer = _UnsettledConsumer(times=2)
+    assert _watermarks(consumer, tp, deadline=time.monotonic() + 10) == (0, 7)
+    assert consumer.asked == 3
+    with pytest.raises(KafkaException):  # still unsettled at the deadline: the error reaches the caller
+        _watermarks(_UnsettledConsumer(times=10**6), tp, deadline=time.monotonic() + 0.5)
+    other = _UnsettledConsumer(times=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):  # any other error is not retried
+        _watermarks(other, tp, deadline=time.monotonic() + 10)
+    assert other.asked == 1
