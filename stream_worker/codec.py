@@ -18,6 +18,7 @@ import io
 import json
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -94,55 +95,91 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
 
 
 _FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+Walk = Callable[[bytes, int], int]  # walks one value at a position; returns the position after it
 
 
-def _skip(schema: Any, data: bytes, pos: int) -> int:
-    """Walk one value of `schema` (a parsed fastavro schema) at `pos`, checking every enum and
-    union index; returns the position after it. Raises DecodeError on an index out of range."""
+def _skip_long(data: bytes, pos: int) -> int:
+    while data[pos] & 0x80:  # continuation bit: more bytes follow
+        pos += 1
+    return pos + 1
+
+
+def _skip_string(data: bytes, pos: int) -> int:
+    byte = data[pos]
+    if byte < 0x80:  # a length below 64 fits in one byte: the common case, without a call
+        return pos + 1 + ((byte >> 1) ^ -(byte & 1))
+    length, pos = _read_long(data, pos)
+    return pos + length
+
+
+def _index(data: bytes, pos: int, n: int, what: str) -> tuple[int, int]:
+    index, pos = _read_long(data, pos)
+    if not 0 <= index < n:
+        raise DecodeError(f"{what} index {index} out of range 0..{n - 1}")
+    return index, pos
+
+
+def _walker(schema: Any) -> Walk:
+    """A function that walks one value of `schema` (a parsed fastavro schema), checking every
+    enum and union index. Built once per schema out of closures, so that a record costs a call
+    per field rather than a reading of the schema per field."""
     if isinstance(schema, list):  # union
-        index, pos = _read_long(data, pos)
-        if not 0 <= index < len(schema):
-            raise DecodeError(f"union branch index {index} out of range 0..{len(schema) - 1}")
-        return _skip(schema[index], data, pos)
+        branches = [_walker(branch) for branch in schema]
+
+        def union(data: bytes, pos: int) -> int:
+            index, pos = _index(data, pos, len(branches), "union branch")
+            return branches[index](data, pos)
+
+        return union
     kind = schema if isinstance(schema, str) else schema["type"]
-    if kind in _FIXED_WIDTH:
-        return pos + _FIXED_WIDTH[kind]
+    if kind in _FIXED_WIDTH or kind == "fixed":
+        width = _FIXED_WIDTH[kind] if kind in _FIXED_WIDTH else schema["size"]
+        return lambda _data, pos: pos + width
     if kind in ("int", "long"):
-        return _read_long(data, pos)[1]
+        return _skip_long
     if kind in ("string", "bytes"):
-        length, pos = _read_long(data, pos)
-        return pos + length
+        return _skip_string
     if kind == "enum":
-        index, pos = _read_long(data, pos)
-        if not 0 <= index < len(schema["symbols"]):
-            raise DecodeError(f"enum {schema['name']} index {index} out of range 0..{len(schema['symbols']) - 1}")
-        return pos
+        n, what = len(schema["symbols"]), f"enum {schema['name']}"
+        return lambda data, pos: _index(data, pos, n, what)[1]
     if kind == "record":
-        for field in schema["fields"]:
-            pos = _skip(field["type"], data, pos)
-        return pos
-    if kind == "fixed":
-        return pos + schema["size"]
+        fields = tuple(_walker(field["type"]) for field in schema["fields"])
+
+        def record(data: bytes, pos: int) -> int:
+            for walk in fields:
+                pos = walk(data, pos)
+            return pos
+
+        return record
     if kind in ("array", "map"):
-        while True:
-            count, pos = _read_long(data, pos)
-            if count == 0:
-                return pos
-            if count < 0:  # a block with its size in bytes follows the (negated) count
-                count = -count
-                pos = _read_long(data, pos)[1]
-            for _ in range(count):
-                if kind == "map":
-                    pos = _skip("string", data, pos)
-                pos = _skip(schema["items" if kind == "array" else "values"], data, pos)
-    raise DecodeError(f"unsupported Avro type {kind!r}")  # named references do not occur in our schemas
+        items = _walker(schema["items" if kind == "array" else "values"])
+        keyed = kind == "map"
+
+        def blocks(data: bytes, pos: int) -> int:
+            while True:
+                count, pos = _read_long(data, pos)
+                if count == 0:
+                    return pos
+                if count < 0:  # a block with its size in bytes follows the (negated) count
+                    count = -count
+                    pos = _skip_long(data, pos)
+                for _ in range(count):
+                    if keyed:
+                        pos = _skip_string(data, pos)
+                    pos = items(data, pos)
+
+        return blocks
+    raise ValueError(f"unsupported Avro type {kind!r}")  # named references do not occur in our schemas
 
 
-def check_indexes(schema: Any, data: bytes, start: int) -> None:
+def check_indexes(walk: Walk, data: bytes, start: int) -> None:
     """fastavro reads a negative enum or union index as Python does, from the end of the list
     (-1 becomes the last symbol), so a corrupt value can decode as a different, valid one.
     No library option refuses that; this walk over the same bytes does (a few microseconds)."""
-    _skip(schema, data, start)
+    try:
+        walk(data, start)
+    except IndexError:
+        raise DecodeError("Avro body ends inside a value") from None
 
 
 class Codec(Protocol):
@@ -169,6 +206,7 @@ class SingleObjectCodec:
         # Writer schemas we can read, by fingerprint. Older versions of a schema go here as
         # they evolve, decoded with the current one as reader schema.
         self._writers = {self.fingerprint: self._schema}
+        self._walks = {fp: _walker(schema) for fp, schema in self._writers.items()}
 
     def encode(self, record: dict[str, Any]) -> bytes:
         out = io.BytesIO()
@@ -192,7 +230,7 @@ class SingleObjectCodec:
             raise DecodeError(f"Avro body does not match the schema: {type(exc).__name__}: {exc}") from exc
         if body.tell() != len(data) - _HEADER_LEN:
             raise DecodeError(f"{len(data) - _HEADER_LEN - body.tell()} trailing bytes after the Avro body")
-        check_indexes(writer, data, _HEADER_LEN)
+        check_indexes(self._walks[writer_fp], data, _HEADER_LEN)
         return record
 
 
