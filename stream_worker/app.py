@@ -111,7 +111,9 @@ class Worker:
         )
         self.inference = Inference(loaded, self.state.items, self.device, settings.top_k)
         self.online = OnlineEvaluator(settings.top_k, settings.state_max_users, self.metrics.registry)
-        self.batcher = MicroBatcher(settings.max_batch_size, settings.max_batch_wait_ms / 1000)
+        self.batcher = MicroBatcher(
+            settings.max_flush_users, settings.max_batch_wait_ms / 1000, chunk_size=settings.max_batch_size
+        )
         self.codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
         self.rules = EventRules(
             max_id_length=settings.max_id_length, max_clock_skew_ms=int(settings.max_clock_skew_s * 1000)
@@ -251,9 +253,11 @@ class Worker:
         msgs = self._poll()
         if msgs:
             self._ingest(msgs)
-        # Greedy batching: score as soon as nothing more has arrived, with everything that has;
-        # while records keep coming, coalesce up to max_batch_size users or max_batch_wait_ms.
-        if self.batcher.pending and (not msgs or self.batcher.due()):
+        # Greedy batching: a poll that did not fill up took everything that had arrived, so score
+        # it now. A full poll means the worker is behind (a backlog): keep taking records, and
+        # each user's events are scored once, up to max_flush_users users or max_batch_wait_ms.
+        caught_up = len(msgs) < self.settings.poll_max_records
+        if self.batcher.pending and (caught_up or self.batcher.due()):
             self._flush()
 
     def _poll(self) -> list[Message]:

@@ -63,9 +63,15 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Checkpoint folder, or a model directory of versions")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when torch sees a GPU")
     top_k: int = Field(20, ge=1, le=1000, description="Items per recommendation list")
-    max_batch_size: int = Field(256, ge=1, description="Users scored together at most")
+    max_batch_size: int = Field(256, ge=1, description="Users scored together (in one model call) at most")
+    max_flush_users: int = Field(
+        4096,
+        ge=1,
+        description="Users coalesced into one flush at most, scored max_batch_size at a time: while records "
+        "keep arriving, each user's events up to then are scored once",
+    )
     max_batch_wait_ms: int = Field(
-        50,
+        200,
         ge=0,
         description="Upper bound on coalescing while records keep arriving; a user is scored as soon as "
         "nothing more has arrived (greedy), so this is not a fixed delay",
@@ -243,10 +249,10 @@ class Settings(BaseSettings):
             seen[topic] = name
         # Users waiting to be scored are the most recently active, so eviction (least recent
         # first) can never take one of them as long as they all fit at once.
-        if self.state_max_users < self.max_batch_size + self.poll_max_records:
+        if self.state_max_users < self.max_flush_users + self.poll_max_records:
             raise ValueError(
-                f"state_max_users ({self.state_max_users}) must be at least max_batch_size + "
-                f"poll_max_records ({self.max_batch_size + self.poll_max_records})"
+                f"state_max_users ({self.state_max_users}) must be at least max_flush_users + "
+                f"poll_max_records ({self.max_flush_users + self.poll_max_records})"
             )
         return self
 

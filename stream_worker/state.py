@@ -307,7 +307,7 @@ class UserState:
                 return user_id
         raise RuntimeError(
             f"all {len(self._slots)} users in state wait to be scored; raise state_max_users "
-            "(it must exceed max_batch_size + poll_max_records)"
+            "(it must exceed max_flush_users + poll_max_records)"
         )
 
     def _release(self, user_id: str) -> None:

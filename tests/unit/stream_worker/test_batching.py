@@ -43,3 +43,12 @@ def test_records_that_changed_no_user_still_make_a_flush_due_for_their_commit():
     batcher.note_pending()
     clock.now += 0.2
     assert batcher.due() and batcher.drain() == []
+
+
+def test_a_flush_coalesces_up_to_max_size_users_and_scores_them_chunk_size_at_a_time():
+    batcher = MicroBatcher(max_size=5, max_wait_s=1, chunk_size=2, clock=Clock())
+    batcher.add(["a", "b", "a", "c", "d"])
+    assert not batcher.due()  # 4 users wait: more may still coalesce
+    batcher.add(["e"])
+    assert batcher.due()
+    assert batcher.drain() == [["a", "b"], ["c", "d"], ["e"]]
