@@ -78,6 +78,7 @@ def worker(tmp_path):
 
 
 CODEC = SingleObjectCodec("user_event")
+CODEC_OUT = SingleObjectCodec("recommendation")
 
 
 def event(partition: int, offset: int, user: str, item: str = "i1") -> FakeMessage:
@@ -156,3 +157,15 @@ def test_lost_partitions_are_never_committed_from_here(worker):
     turns(worker)
     assert consumer.committed_offset(TOPIC, 0) is None
     assert consumer.committed_offset(TOPIC, 1) == 1
+
+
+def test_full_polls_coalesce_each_users_events_and_a_poll_that_did_not_fill_up_is_scored_at_once(worker):
+    producer, consumer = worker.fake_producer, worker.fake_consumer
+    worker.settings = worker.settings.model_copy(update={"poll_max_records": 4})
+    worker.batcher.max_wait_s = 60  # only a poll that did not fill up can make this flush happen
+    consumer.queue = [event(0, o, f"u{o % 3}") for o in range(10)]
+    turns(worker, 2)  # two full polls of 4: the worker is behind, so it keeps taking records
+    assert producer.records == []
+    turns(worker, 1)  # 2 records: everything that had arrived is in, score it now
+    lists = [CODEC_OUT.decode(r.value) for r in producer.records if r.topic == "recommendations"]
+    assert sorted((r["user_id"], r["events_reflected"]) for r in lists) == [("u0", 4), ("u1", 3), ("u2", 3)]
