@@ -134,6 +134,7 @@ class Worker:
         self.consumer_stats = ConsumerStats(self.metrics, settings.kafka_stats_interval_ms)
         self._last_turn = time.monotonic()
         self._last_commit = 0.0
+        self._commit_waiting = False  # offsets newly acknowledged since the last commit request
         self._last_logged: dict[str, float] = {}
         self._fatal: KafkaError | None = None
         self._running = False
@@ -355,12 +356,16 @@ class Worker:
             self._commit_transaction(timeout_s=1.0)
 
     def _commit_acknowledged(self) -> None:
-        """Step 5. commit the offsets of flushes the broker has fully acknowledged (asynchronously;
-        a failed commit is repeated with the next one, at least once a second)."""
+        """Step 5. commit the offsets of flushes the broker has fully acknowledged (asynchronously,
+        at most every commit_interval_ms; a failed commit is repeated at least once a second)."""
         newly = self.publisher.committable()
         self.acked_offsets.update(newly)
-        if self.acked_offsets and (newly or time.monotonic() - self._last_commit >= 1.0):
+        self._commit_waiting |= bool(newly)
+        # New offsets are committed every commit_interval_ms; a failed commit is retried once a second.
+        interval = self.settings.commit_interval_ms / 1000 if self._commit_waiting else 1.0
+        if self.acked_offsets and time.monotonic() - self._last_commit >= interval:
             self._last_commit = time.monotonic()
+            self._commit_waiting = False
             offsets = [TopicPartition(t, p, o) for (t, p), o in self.acked_offsets.items()]
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=True)

@@ -47,7 +47,7 @@ class BenchConfig:
     n_users: int = 6040  # and its users
     recent_items: int = 100
     top_k: int = 20
-    backlog_events: int = 60_000  # drained by the worker; the stage limits use the same events
+    backlog_events: int = 150_000  # drained by the worker (several flushes); the stage limits use the same events
     naive_events: int = 6_000  # the naive consumer is slow: it takes the first ones only
     model_batch1_users: int = 1_000
     rates: tuple[float, ...] = (250.0, 500.0, 1000.0)

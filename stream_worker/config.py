@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     flush_timeout_s: float = Field(
         30.0, gt=0, description="On stop or rebalance, how long to wait for the broker to acknowledge what is in flight"
     )
+    commit_interval_ms: int = Field(
+        100,
+        ge=0,
+        description="At-least-once: acknowledged offsets are committed at most this often (a crash replays "
+        "at most this much more); each flush's offsets would otherwise be one request",
+    )
     max_in_flight_records: int = Field(
         50_000, ge=1, description="Records produced but not yet acknowledged before the worker stops consuming"
     )

@@ -64,6 +64,7 @@ def worker(tmp_path):
         device="cpu",
         torch_threads=0,
         max_batch_wait_ms=0,
+        commit_interval_ms=0,
         dlq_max_bytes=1_000_000,
         max_clock_skew_s=1e9,
     )
@@ -169,3 +170,30 @@ def test_full_polls_coalesce_each_users_events_and_a_poll_that_did_not_fill_up_i
     turns(worker, 1)  # 2 records: everything that had arrived is in, score it now
     lists = [CODEC_OUT.decode(r.value) for r in producer.records if r.topic == "recommendations"]
     assert sorted((r["user_id"], r["events_reflected"]) for r in lists) == [("u0", 4), ("u1", 3), ("u2", 3)]
+
+
+def test_acknowledged_offsets_are_committed_at_most_every_commit_interval(worker, monkeypatch):
+    import time as real_time
+    from types import SimpleNamespace
+
+    import stream_worker.app as app_module
+
+    now = [1000.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0], perf_counter=real_time.perf_counter, time=real_time.time)
+    monkeypatch.setattr(app_module, "time", clock)
+    worker.settings = worker.settings.model_copy(update={"commit_interval_ms": 100})
+    producer, consumer = worker.fake_producer, worker.fake_consumer
+    consumer.queue = [event(0, 0, "a")]
+    turns(worker)
+    producer.ack()
+    turns(worker)
+    assert consumer.committed_offset(TOPIC, 0) == 1  # the first commit goes at once
+    consumer.queue = [event(0, 1, "a")]
+    turns(worker)
+    producer.ack()
+    now[0] += 0.05
+    turns(worker)
+    assert consumer.committed_offset(TOPIC, 0) == 1, "committed again within the interval"
+    now[0] += 0.06
+    turns(worker)
+    assert consumer.committed_offset(TOPIC, 0) == 2
