@@ -342,7 +342,7 @@ class Worker:
             self.publisher.recommendations(
                 batch, ranked, model_name=self.inference.model_name, model_version=self.inference.model_version
             )
-            self.publisher.state([self.state.snapshot(u) for u in user_ids])  # the changelog
+            self.publisher.state(self.state, user_ids)  # the changelog
             self.online.sent(batch, ranked.item_ids, self.inference.model_version)
             self.metrics.stage.labels("inference").observe(scored - started)
             self.metrics.stage.labels("publish").observe(time.perf_counter() - scored)

@@ -78,6 +78,23 @@ def _millis(value: Any) -> Any:
     return value
 
 
+def avro_long(value: int) -> bytes:
+    """Avro long: zig-zag, then a little-endian base-128 varint (for the hand-written batch encoders)."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def avro_string(value: str) -> bytes:
+    """Avro string: its UTF-8 length as a long, then the bytes."""
+    data = value.encode()
+    return avro_long(len(data)) + data
+
+
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
     """One zig-zag varint (Avro int/long) at `pos`: (value, next position)."""
     shift = result = 0

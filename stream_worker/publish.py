@@ -29,7 +29,7 @@ from stream_worker.codec import Codec
 from stream_worker.inference import Ranked
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.recommendation_encoder import RecommendationEncoder
-from stream_worker.state import StateBatch, UserSnapshot
+from stream_worker.state import StateBatch, UserState
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Publisher:
         self._recommendations_topic = recommendations_topic
         self._dlq_topic = dlq_topic
         self._state_topic = state_topic
-        self._source_topic = source_topic
+        self._changelog = changelog.ChangelogEncoder(source_topic)
         self.transactional = transactional
         self._in_transaction = False
         self._offsets_sent = False
@@ -157,17 +157,10 @@ class Publisher:
         record = _Record(self._dlq_topic, msg.key(), msg.value(), headers, "dlq", dlq_reason=reason)
         self._produce(self._open, self._fit(record, self.dlq_max_bytes))
 
-    def state(self, snapshots: list[UserSnapshot]) -> None:
+    def state(self, state: UserState, user_ids: list[str]) -> None:
         """Each user's state onto the changelog, on the partition number their events came from."""
-        for snap in snapshots:
-            record = _Record(
-                self._state_topic,
-                snap.user_id.encode(),
-                changelog.encode(snap, self._source_topic),
-                None,
-                "state",
-                partition=snap.partition,
-            )
+        for user_id, (partition, value) in zip(user_ids, self._changelog.encode(state, user_ids), strict=True):
+            record = _Record(self._state_topic, user_id.encode(), value, None, "state", partition=partition)
             self._produce(self._open, record)
 
     def forget(self, user_id: str, partition: int) -> None:

@@ -17,24 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from stream_worker.codec import RECOMMENDATION, SINGLE_OBJECT_MAGIC, Codec, SingleObjectCodec
+from stream_worker.codec import avro_long as _long
+from stream_worker.codec import avro_string as _string
 from stream_worker.inference import Ranked
 from stream_worker.state import StateBatch
-
-
-def _long(value: int) -> bytes:
-    """Avro long: zig-zag, then a little-endian base-128 varint."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(value: str) -> bytes:
-    data = value.encode()
-    return _long(len(data)) + data
 
 
 class RecommendationEncoder:

@@ -109,6 +109,22 @@ class UserSnapshot:
 
 
 @dataclass
+class SnapshotRows:
+    """`UserSnapshot`s of B users at once, as the state's arrays: what the changelog encodes."""
+
+    user_ids: list[str]
+    partition: np.ndarray  # (B,) int32
+    offset: np.ndarray  # (B,) int64
+    events_seen: np.ndarray  # (B,) int64
+    last_event_ms: np.ndarray  # (B,) int64
+    last_event_ids: list[str]
+    held: np.ndarray  # (B,) interactions held; columns < held are valid
+    item_codes: np.ndarray  # (B, L) int32, oldest first, -1 where the item table was full
+    weights: np.ndarray  # (B, L) float16, oldest first
+    times_s: np.ndarray  # (B, L) uint32 seconds, oldest first
+
+
+@dataclass
 class StateBatch:
     """The state of B users, ready for scoring: decayed weights of their recent items."""
 
@@ -241,6 +257,28 @@ class UserState:
             item_ids=[self.items.ids[c] if c >= 0 else "" for c in codes.tolist()],
             weights=self._weights[slot, order].astype(np.float32),
             times_ms=times_ms_of(self._times_s[slot, order]),
+        )
+
+    def snapshot_rows(self, user_ids: list[str]) -> SnapshotRows:
+        """What `snapshot` gives for each of `user_ids`, as arrays (no Python object per interaction)."""
+        slots = np.fromiter((self._slots[u] for u in user_ids), np.int64, len(user_ids))
+        n = self._events_seen[slots]
+        held = np.minimum(n, self.recent_items)
+        # Ring positions, oldest first: the held ones start at (n - held) mod L.
+        order = ((n - held) % self.recent_items)[:, None] + np.arange(self.recent_items)
+        order %= self.recent_items
+        rows = slots[:, None]
+        return SnapshotRows(
+            user_ids=list(user_ids),
+            partition=self._partition[slots],
+            offset=self._offset[slots],
+            events_seen=n,
+            last_event_ms=self._last_event_ms[slots],
+            last_event_ids=[self._last_event_id[s] for s in slots.tolist()],
+            held=held,
+            item_codes=self._item_codes[rows, order],
+            weights=self._weights[rows, order],
+            times_s=self._times_s[rows, order],
         )
 
     def restore(self, snap: UserSnapshot) -> None:
