@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     max_batch_wait_ms: int = Field(
         200,
         ge=0,
-        description="Upper bound on coalescing while records keep arriving; a user is scored as soon as "
-        "nothing more has arrived (greedy), so this is not a fixed delay",
+        description="Upper bound on coalescing while polls come back full (the worker is behind); a poll that "
+        "does not fill up is scored at once (greedy), so this is not a fixed delay",
     )
     poll_max_records: int = Field(1000, ge=1, description="Records taken from Kafka per loop turn at most")
     state_max_users: int = Field(
