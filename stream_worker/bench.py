@@ -434,7 +434,7 @@ def _producer_process(common: dict, topic: str, config: BenchConfig, rate: float
         producer.poll(0)
     sent_s = time.perf_counter() - started
     assert producer.flush(60) == 0, "rate producer: records unacknowledged"
-    Path(out).write_text(json.dumps({"sent": len(events), "seconds": sent_s}))
+    Path(out).write_text(json.dumps({"sent": len(events), "seconds": sent_s, "cpu s": _cpu_s(os.getpid())}))
 
 
 def _reader_process(common: dict, topic: str, ready: Any, stop: Any, out: str) -> None:
@@ -462,7 +462,32 @@ def _reader_process(common: dict, topic: str, ready: Any, stop: Any, out: str) -
     np.save(out, np.array(rows, dtype=np.float64).reshape(-1, 3))
 
 
-def at_rate(settings: Settings, worker: WorkerProcess, config: BenchConfig, rate: float, tmp: Path) -> dict[str, Any]:
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc; 0 where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _machine_busy_s() -> float:
+    """Core-seconds the whole machine has been busy (not idle or waiting for I/O), from /proc/stat."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def at_rate(
+    settings: Settings,
+    worker: WorkerProcess,
+    config: BenchConfig,
+    rate: float,
+    tmp: Path,
+    broker_pid: int | None = None,
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     reader_out, producer_out = tmp / f"reader-{rate:g}.npy", tmp / f"producer-{rate:g}.json"
@@ -474,6 +499,8 @@ def at_rate(settings: Settings, worker: WorkerProcess, config: BenchConfig, rate
     try:
         assert ready.wait(60), "the latency reader did not start within 60 s"
         before = worker.metrics()
+        cpu_before = [_cpu_s(pid) for pid in (worker.process.pid, broker_pid, reader.pid)] + [_machine_busy_s()]
+        wall_before = time.perf_counter()
         started_ms = time.time() * 1000
         producer = ctx.Process(
             target=_producer_process,
@@ -485,6 +512,8 @@ def at_rate(settings: Settings, worker: WorkerProcess, config: BenchConfig, rate
         _wait_drained(settings, 60)
         time.sleep(0.5)  # the reader's last fetch
         after = worker.metrics()
+        cpu_after = [_cpu_s(pid) for pid in (worker.process.pid, broker_pid, reader.pid)] + [_machine_busy_s()]
+        wall = time.perf_counter() - wall_before
     finally:
         stop.set()
         reader.join(30)
@@ -505,6 +534,12 @@ def at_rate(settings: Settings, worker: WorkerProcess, config: BenchConfig, rate
         "event to generated_at p50 ms": pct(generated, 50),
         "event to generated_at p99 ms": pct(generated, 99),
         "latencies ms": latency.round(2).tolist(),
+        # Where the CPU went while at this rate, in % of one core (the machine: of all its cores).
+        "cpu % worker": 100 * (cpu_after[0] - cpu_before[0]) / wall,
+        "cpu % broker": 100 * (cpu_after[1] - cpu_before[1]) / wall,
+        "cpu % reader": 100 * (cpu_after[2] - cpu_before[2]) / wall,
+        "cpu % producer": 100 * sent.get("cpu s", 0.0) / wall,
+        "cpu % machine": 100 * (cpu_after[3] - cpu_before[3]) / wall / (os.cpu_count() or 1),
     } | stage_breakdown(before, after)
 
 
@@ -596,7 +631,7 @@ def run_bench(
             results.drain = drain(settings, worker, config.backlog_events)
             for rate in config.rates:
                 say(f"4/4 latency at {rate:g} events/s for {config.seconds_per_rate:g} s ...")
-                results.rates.append(at_rate(settings, worker, config, rate, tmp))
+                results.rates.append(at_rate(settings, worker, config, rate, tmp, broker and broker.pid()))
             code = worker.stop()
             worker = None
             assert code == 0, f"the worker exited with code {code}; see {out_dir / 'worker.log'}"
@@ -659,6 +694,14 @@ def table(results: Results) -> str:
             f"{r['publish ms']:>6.1f} {r['commit ms']:>7.1f}"
         )
     lines += [
+        f"{'rate':>6} {'cpu % of a core: worker':>24} {'broker':>7} {'producer':>9} {'reader':>7} {'machine busy':>13}"
+    ]
+    for r in results.rates:
+        lines.append(
+            f"{r['rate']:>6g} {r['cpu % worker']:>24.0f} {r['cpu % broker']:>7.0f} {r['cpu % producer']:>9.0f} "
+            f"{r['cpu % reader']:>7.0f} {r['cpu % machine']:>12.0f}%"
+        )
+    lines += [
         "(latency: reader has the list - event_time of its newest event; gen: generated_at - event_time;",
         " wait/infer/publ/commit: the worker's mean ms per batch or flush over the run, from its /metrics)",
         "",
@@ -699,6 +742,16 @@ def markdown(results: Results) -> str:
             f"{r['latency p99 ms']:.0f} | {r['event to generated_at p50 ms']:.0f} / "
             f"{r['event to generated_at p99 ms']:.0f} | {r['users per batch']:.0f} | {r['batch_wait ms']:.0f} / "
             f"{r['inference ms']:.0f} / {r['publish ms']:.0f} / {r['commit ms']:.0f} |"
+        )
+    rows += [
+        "",
+        "| rate (events/s) | CPU, % of one core: worker | broker | load producer | reader | whole machine busy |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.rates:
+        rows.append(
+            f"| {r['rate']:g} | {r['cpu % worker']:.0f} | {r['cpu % broker']:.0f} | {r['cpu % producer']:.0f} | "
+            f"{r['cpu % reader']:.0f} | {r['cpu % machine']:.0f}% of {results.environment['cpus']} cores |"
         )
     return "\n".join(rows) + "\n"
 

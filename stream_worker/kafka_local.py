@@ -251,6 +251,10 @@ class LocalKafka:
         if check and result.returncode != 0:
             raise KafkaStartError(f"{main_class} {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
 
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._pid()
+
     def _pid(self) -> int | None:
         """The broker's pid if our pid file names a live Kafka process, else None (stale file removed)."""
         try:

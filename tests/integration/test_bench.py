@@ -33,5 +33,8 @@ def test_quick_bench_measures_every_figure(kafka_bootstrap, tmp_path):
     assert rate["lists"] > 100 and len(rate["latencies ms"]) == rate["lists"]
     assert 0 < rate["latency p50 ms"] <= rate["latency p99 ms"] <= rate["latency max ms"] < 30_000
     assert rate["event to generated_at p50 ms"] <= rate["latency p50 ms"]
+    # Where the CPU went while at the rate (the broker's is known only for the bench's own broker).
+    assert rate["cpu % worker"] > 0 and rate["cpu % producer"] > 0 and rate["cpu % broker"] == 0
+    assert 0 < rate["cpu % machine"] <= 100
     assert set(saved["ratios"]) >= {"drain / naive", "model b256 sparse / dense", "batch encoder / codec"}
     assert results.ratios["drain / naive"] == saved["ratios"]["drain / naive"]
