@@ -427,8 +427,12 @@ def _producer_process(common: dict, topic: str, config: BenchConfig, rate: float
     started = time.perf_counter()
     for n, event in enumerate(events):
         # poll() returns early when it serves a delivery report, so wait until the time has come.
+        # It counts whole milliseconds: for less it returns at once, and the loop would spin.
         while (ahead := started + n / rate - time.perf_counter()) > 0:
-            producer.poll(ahead)
+            if ahead >= 0.001:
+                producer.poll(ahead)
+            else:
+                time.sleep(ahead)  # pacing the load, not waiting for an event
         record = from_user_event(event) | {"event_time": int(time.time() * 1000)}
         producer.produce(topic, codec.encode(record), event.user_id.encode())
         producer.poll(0)
