@@ -72,11 +72,19 @@ class OnlineEvaluator:
         # user id -> (item ids of the model's last list, item codes of the popularity list, version label).
         # Ids, not state codes, for the model's list: it may name items this worker's state has not seen yet.
         self._last: OrderedDict[str, tuple[tuple[str, ...], array, str]] = OrderedDict()
+        self._generation = 0  # of the state's item table, whose codes the counts and lists use
 
     def observe(self, events: Iterable[tuple[UserEvent, int, int]], items: ItemCodes) -> None:
         """Judge each (event, partition, offset) against the lists last sent to its user, then count it.
 
         Call after the state has applied the events (so every item has a code)."""
+        if items.generation != self._generation:
+            # The item table was compacted and its codes renumbered: counts and popularity lists
+            # by the old codes would name other items. Start them again (this is rare: only when
+            # the table fills); users are judged again from their next list.
+            self.popularity = Popularity()
+            self._last.clear()
+            self._generation = items.generation
         codes, judged = [], {}  # version -> [events, model hits, popularity hits]
         for event, *_where in events:
             code = items.code_of.get(event.item_id, -1)

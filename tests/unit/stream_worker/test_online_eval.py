@@ -53,3 +53,20 @@ def test_lists_are_kept_for_at_most_max_users():
     state.apply(events)
     online.sent(state.batch(list("abc")), [["i"]] * 3, model_version=1)
     assert list(online._last) == ["b", "c"]
+
+
+def test_counts_and_lists_by_old_item_codes_are_dropped_when_the_item_table_is_compacted():
+    state = UserState(
+        max_users=10, recent_items=1, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=0, max_items=3
+    )
+    online = OnlineEvaluator(top_k=2, max_users=10, registry=CollectorRegistry())
+    first = [ev("a", "i1", 0), ev("a", "i2", 1), ev("b", "i3", 2)]  # the table is full; nobody holds i1
+    state.apply(first)
+    online.observe(first, state.items)
+    online.sent(state.batch(["a", "b"]), [["i3"], ["i2"]], model_version=1)
+    later = [ev("c", "i4", 3)]  # i1's code is reclaimed: codes are renumbered
+    state.apply(later)
+    online.observe(later, state.items)
+    assert state.items.generation == 1
+    assert online.popularity.top(5).tolist() == [state.items.code_of["i4"]]  # no count of i1..i3 under new codes
+    assert len(online._last) == 0
