@@ -242,21 +242,18 @@ class UserState:
 
     def snapshot(self, user_id: str) -> UserSnapshot:
         """Everything the state holds about one user, interactions oldest first."""
-        slot = self._slots[user_id]
-        n = int(self._events_seen[slot])
-        held = min(n, self.recent_items)
-        order = [(n - held + j) % self.recent_items for j in range(held)]  # ring positions, oldest first
-        codes = self._item_codes[slot, order]
+        rows = self.snapshot_rows([user_id])
+        held = int(rows.held[0])
         return UserSnapshot(
             user_id=user_id,
-            partition=int(self._partition[slot]),
-            offset=int(self._offset[slot]),
-            events_seen=n,
-            last_event_ms=int(self._last_event_ms[slot]),
-            last_event_id=self._last_event_id[slot],
-            item_ids=[self.items.ids[c] if c >= 0 else "" for c in codes.tolist()],
-            weights=self._weights[slot, order].astype(np.float32),
-            times_ms=times_ms_of(self._times_s[slot, order]),
+            partition=int(rows.partition[0]),
+            offset=int(rows.offset[0]),
+            events_seen=int(rows.events_seen[0]),
+            last_event_ms=int(rows.last_event_ms[0]),
+            last_event_id=rows.last_event_ids[0],
+            item_ids=[self.items.ids[c] if c >= 0 else "" for c in rows.item_codes[0, :held].tolist()],
+            weights=rows.weights[0, :held].astype(np.float32),
+            times_ms=times_ms_of(rows.times_s[0, :held]),
         )
 
     def snapshot_rows(self, user_ids: list[str]) -> SnapshotRows:
