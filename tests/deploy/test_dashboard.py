@@ -140,6 +140,9 @@ def running_trainer(trainer: Trainer) -> Iterator[Trainer]:
         assert not thread.is_alive(), "the trainer did not stop within 60s"
 
 
+ROUND_RESULTS = ("promoted", "rejected", "skipped", "failed")
+
+
 def referenced_metrics(expr: str) -> set[str]:
     return set(re.findall(r"\b((?:streamrec|process)_[a-z_]+)", expr))
 
@@ -155,6 +158,7 @@ def test_every_dashboard_query_returns_series_from_a_real_worker_and_trainer(mak
         trainer_min_events=100,
         trainer_epochs=3,
         trainer_interval_s=3600.0,  # one round at start is all this test needs
+        promotion_margin=1.0,  # always promoted: the gate has its own tests, this one needs a swap to v2
     )
     ensure_topics(settings, partitions=3)
     train_synthetic_model(WORLD, settings.model_dir, n_events=5000, epochs=5)
@@ -164,7 +168,11 @@ def test_every_dashboard_query_returns_series_from_a_real_worker_and_trainer(mak
     with running_worker(settings) as worker:
         wait_until(lambda: drained(settings), 60, "the worker to drain the events")
         with running_trainer(Trainer(settings, CollectorRegistry())) as trainer:
-            wait_until(lambda: trainer.metrics.model_version._value.get() == 2, 120, "the trainer to publish v2")
+            rounds = {result: trainer.metrics.rounds.labels(result) for result in ROUND_RESULTS}
+            wait_until(lambda: any(c._value.get() for c in rounds.values()), 120, "the trainer's first round")
+            finished = {result: c._value.get() for result, c in rounds.items()}
+            assert finished["promoted"] == 1, f"the first round did not promote v2: {finished}"
+            assert trainer.metrics.model_version._value.get() == 2
             wait_until(lambda: worker.inference.model_version == 2, 60, "the worker to swap in v2")
             # Events after the swap: the rate panels then have samples on both sides of the window.
             publish_events(settings, WORLD.events(1000, seed=2, start_ms=int(time.time() * 1000)))
