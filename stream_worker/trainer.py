@@ -66,7 +66,9 @@ ANNEAL_EPOCHS = 20
 @dataclass
 class EventWindow:
     """Events of one training window as parallel columns, in the order they were read
-    (which keeps each user's events in arrival order: one user lives on one partition)."""
+    (which keeps each user's events in arrival order: one user lives on one partition).
+    User and item codes follow the sorted ids, so a window's arrays do not depend on the order
+    in which its partitions were read."""
 
     users: np.ndarray  # (n,) int32 codes into user_ids
     items: np.ndarray  # (n,) int32 codes into item_ids
@@ -126,15 +128,27 @@ class WindowBuilder:
                 if user_id in self._user_code:
                     cut[self._user_code[user_id]] = read_before
             keep = np.arange(len(users)) >= cut[users]
+        # Codes in sorted id order, not first-read order: partitions interleave differently from one
+        # read to the next, and the same window must give the same rows, columns and so the same model.
+        user_ids, user_rank = _sorted_codes(self._user_code)
+        item_ids, item_rank = _sorted_codes(self._item_code)
         return EventWindow(
-            users=users[keep],
-            items=np.frombuffer(self._items, np.int32)[keep],
+            users=user_rank[users[keep]],
+            items=item_rank[np.frombuffer(self._items, np.int32)[keep]],
             weights=np.frombuffer(self._weights, np.float32)[keep],
             times_ms=np.frombuffer(self._times, np.int64)[keep],
-            user_ids=list(self._user_code),
-            item_ids=list(self._item_code),
+            user_ids=user_ids,
+            item_ids=item_ids,
             skipped=self.skipped,
         )
+
+
+def _sorted_codes(codes: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """(ids in sorted order, rank): `rank[code]` is the code's position among the sorted ids."""
+    ids = sorted(codes)
+    rank = np.empty(len(ids), np.int32)
+    rank[[codes[i] for i in ids]] = np.arange(len(ids), dtype=np.int32)
+    return ids, rank
 
 
 def read_window(settings: Settings, *, since_ms: int, timeout_s: float = 600.0) -> EventWindow:

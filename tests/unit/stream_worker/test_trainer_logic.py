@@ -26,12 +26,25 @@ def window_of(rows: list[tuple[str, str, int]]):
     return builder.build()
 
 
-def test_window_columns_intern_ids_across_chunks_in_order_of_first_sight():
-    w = window_of([("a", "x", 1), ("b", "y", 2), ("a", "y", 3), ("c", "x", 4), ("b", "z", 5)])
+def test_window_columns_intern_ids_across_chunks_as_codes_in_sorted_id_order():
+    w = window_of([("b", "y", 1), ("a", "x", 2), ("b", "x", 3), ("c", "z", 4), ("a", "y", 5)])
     assert w.user_ids == ["a", "b", "c"] and w.item_ids == ["x", "y", "z"]
-    assert w.users.tolist() == [0, 1, 0, 2, 1] and w.items.tolist() == [0, 1, 1, 0, 2]
-    assert w.users.dtype == np.int32 and w.times_ms.dtype == np.int64
+    assert w.users.tolist() == [1, 0, 1, 2, 0] and w.items.tolist() == [1, 0, 0, 2, 1]
+    assert w.users.dtype == np.int32 and w.items.dtype == np.int32 and w.times_ms.dtype == np.int64
     assert (len(w), w.start_ms, w.end_ms) == (5, 1, 5)
+
+
+def test_the_same_events_read_in_another_partition_order_give_the_same_window_rows():
+    # Users a and c on one partition, b on another: two reads interleave them differently.
+    first = window_of([("a", "x", 1), ("b", "y", 2), ("a", "z", 3), ("c", "y", 4), ("b", "x", 5)])
+    second = window_of([("b", "y", 2), ("b", "x", 5), ("a", "x", 1), ("a", "z", 3), ("c", "y", 4)])
+    assert (first.user_ids, first.item_ids) == (second.user_ids, second.item_ids)
+    split = {
+        name: temporal_split(w, holdout_fraction=0.2, not_before_ms=0, recent_items=10, rate_per_ms=0.001)
+        for name, w in (("first", first), ("second", second))
+    }
+    assert (split["first"].train != split["second"].train).nnz == 0
+    assert (split["first"].eval_targets != split["second"].eval_targets).nnz == 0
 
 
 def test_the_holdout_is_the_freshest_slice_and_never_what_the_serving_model_saw():
