@@ -257,6 +257,30 @@ def record_serving(model_dir: Path, version: int, *, action: str, reason: str) -
         raise
 
 
+def prune(model_dir: Path, keep: int) -> list[int]:
+    """Delete old versions; returns the deleted ones. Kept: the newest `keep` versions, the
+    serving one, and the newest `keep` that have served (what `models rollback` goes back to).
+
+    Each doomed folder is first renamed to a hidden name, so `versions()` and a loading worker
+    see it whole or not at all. The newest version is always kept: numbers are never reused.
+    """
+    assert keep >= 1, "keep at least the newest version"
+    model_dir = Path(model_dir)
+    present = versions(model_dir)
+    record = serving_record(model_dir) or {"serving": None, "history": []}
+    served = sorted({int(entry["version"]) for entry in record["history"]} & set(present))
+    kept = set(present[-keep:]) | set(served[-keep:]) | {record["serving"]}
+    doomed = [v for v in present if v not in kept]
+    for leftover in model_dir.glob(".deleting-v*"):  # a deletion a crash interrupted
+        shutil.rmtree(leftover, ignore_errors=True)
+    for version in doomed:
+        folder = version_dir(model_dir, version)
+        hidden = model_dir / f".deleting-{folder.name}"
+        os.rename(folder, hidden)
+        shutil.rmtree(hidden)
+    return doomed
+
+
 def rollback_target(model_dir: Path) -> int:
     """The newest version older than the serving one that has served before (CheckpointError if none)."""
     record = serving_record(model_dir)

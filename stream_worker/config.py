@@ -200,6 +200,12 @@ class Settings(BaseSettings):
     checkpoints_topic: str = Field(
         "model-checkpoints", description="Compacted topic that carries checkpoint files in chunks (store = kafka)"
     )
+    trainer_keep_versions: int = Field(
+        10,
+        ge=2,
+        description="Versions kept in the model directory (at least 2): the newest N, the serving one and the "
+        "newest N that have served (rollback targets); the trainer deletes older ones after each round",
+    )
     checkpoints_keep: int = Field(
         3, ge=1, description="Versions per model name kept on the checkpoints topic; older ones are tombstoned"
     )

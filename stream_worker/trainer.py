@@ -545,7 +545,20 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
         report.seconds,
         f", warm start from v{serving_version}" if initial is not None else "",
     )
+    _prune(model_dir, s.trainer_keep_versions)
     return Trained(path=path, metadata=saved, promoted=promoted, reason=reason)
+
+
+def _prune(model_dir: Path, keep: int) -> None:
+    """Old versions go, so that a round every few minutes does not fill the volume; a failure
+    to delete is logged, not fatal: the round's candidate is saved and decided already."""
+    try:
+        deleted = checkpoint.prune(model_dir, keep)
+    except (OSError, CheckpointError) as exc:
+        log.warning("could not delete old versions in %s: %s", model_dir, exc)
+        return
+    if deleted:
+        log.info("deleted versions %s from %s (keeping the newest %d, and those that served)", deleted, model_dir, keep)
 
 
 def _load_serving(model_dir: Path) -> LoadedModel | None:

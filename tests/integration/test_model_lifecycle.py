@@ -47,7 +47,9 @@ def test_a_worse_candidate_is_rejected_and_never_reaches_a_worker(settings):
     with running_worker(settings) as worker:
         publish(settings, 3000, seed=2, seconds_ago=60)
         # One epoch from scratch: deliberately worse than the serving 15-epoch model.
-        worse = Trainer(settings.model_copy(update={"trainer_epochs": 1, "trainer_warm_start": False}))
+        worse = Trainer(
+            settings.model_copy(update={"trainer_epochs": 1, "trainer_warm_start": False, "trainer_keep_versions": 2})
+        )
         candidate = checkpoint.read_metadata(worse.round())
         wait_until(lambda: drained(settings), 60, "the worker to drain the events")
 
@@ -62,6 +64,11 @@ def test_a_worse_candidate_is_rejected_and_never_reaches_a_worker(settings):
         assert checkpoint.load(settings.model_dir).metadata.version == 1  # what a starting worker loads
         assert worker.inference.model_version == 1
         assert worker.metrics.model_swaps._value.get() == 0
+
+        # Two more rejected rounds: with 2 versions kept, v2 is deleted and v1, which serves, stays.
+        assert [checkpoint.read_metadata(worse.round()).version for _ in range(2)] == [3, 4]
+        assert checkpoint.versions(settings.model_dir) == [1, 3, 4]
+        assert checkpoint.load(settings.model_dir).metadata.version == 1
     assert [(a["version"], a["action"]) for a in announcements(settings)] == [(1, "promote")]
 
 

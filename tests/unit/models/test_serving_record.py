@@ -58,3 +58,25 @@ def test_a_record_naming_a_missing_version_is_a_clear_error(tmp_path):
     checkpoint.record_serving(tmp_path, 7, action="promote", reason="")
     with pytest.raises(CheckpointError, match="v000007, which is missing"):
         checkpoint.resolve(tmp_path)
+
+
+def test_pruning_keeps_the_newest_the_serving_and_the_rollback_targets(tmp_path):
+    save_versions(tmp_path, 9)
+    for version in (2, 3, 5):  # promoted; the rest were rejected candidates
+        checkpoint.record_serving(tmp_path, version, action="promote", reason="")
+    checkpoint.record_serving(tmp_path, 3, action="rollback", reason="")  # v3 serves, v5 is newer
+
+    assert checkpoint.prune(tmp_path, keep=2) == [1, 2, 4, 6, 7]
+    assert checkpoint.versions(tmp_path) == [3, 5, 8, 9]  # serving, newest 2 that served, newest 2
+    assert checkpoint.resolve(tmp_path).name == "v000003"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no half-deleted folder left behind"
+    assert checkpoint.next_version(tmp_path) == 10, "a deleted number is never given out again"
+    assert checkpoint.prune(tmp_path, keep=2) == []
+
+
+def test_pruning_a_directory_without_a_serving_record_keeps_the_newest(tmp_path):
+    save_versions(tmp_path, 3)
+    (tmp_path / ".deleting-v000000").mkdir()  # left behind by a trainer killed while deleting
+    assert checkpoint.prune(tmp_path, keep=1) == [1, 2]
+    assert checkpoint.resolve(tmp_path).name == "v000003"
+    assert [p.name for p in tmp_path.iterdir()] == ["v000003"]
