@@ -6,6 +6,7 @@
         metadata.json         kind, hyperparameters, item vocabulary, version, metrics, training window,
                               and the promotion decision taken when it was trained
       serving.json            which version serves, and the history of promotions and rollbacks
+      .lock                   held while serving.json is changed or old versions are deleted
 
 Loading reads tensors with safetensors and everything else from JSON: nothing is ever
 unpickled, so a checkpoint from an untrusted place cannot run code. A version folder is
@@ -19,6 +20,7 @@ version.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +28,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from models.base import REGISTRY, Recommender
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
 SERVING_FILE = "serving.json"
+LOCK_FILE = ".lock"
 FORMAT_VERSION = 1
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 
@@ -237,10 +242,24 @@ def serving_version(model_dir: Path) -> int | None:
     return None if record is None else int(record["serving"])
 
 
+@contextmanager
+def _locked(model_dir: Path) -> Iterator[None]:
+    """Hold the model directory's lock: the trainer and `streamrec models` both read, change and
+    write `serving.json` (and the trainer deletes versions), and two at once would lose an entry."""
+    with open(Path(model_dir) / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def record_serving(model_dir: Path, version: int, *, action: str, reason: str) -> None:
     """Make `version` the serving one and append the change to the history (atomic replace)."""
     assert action in ("promote", "rollback"), f"unknown action {action!r}"
     model_dir = Path(model_dir)
+    with _locked(model_dir):
+        _record_serving(model_dir, version, action=action, reason=reason)
+
+
+def _record_serving(model_dir: Path, version: int, *, action: str, reason: str) -> None:
     try:
         record = serving_record(model_dir) or {"serving": version, "history": []}
     except CheckpointError:  # a damaged record is replaced, not appended to
@@ -265,7 +284,11 @@ def prune(model_dir: Path, keep: int) -> list[int]:
     see it whole or not at all. The newest version is always kept: numbers are never reused.
     """
     assert keep >= 1, "keep at least the newest version"
-    model_dir = Path(model_dir)
+    with _locked(model_dir):
+        return _prune(Path(model_dir), keep)
+
+
+def _prune(model_dir: Path, keep: int) -> list[int]:
     present = versions(model_dir)
     record = serving_record(model_dir) or {"serving": None, "history": []}
     served = sorted({int(entry["version"]) for entry in record["history"]} & set(present))

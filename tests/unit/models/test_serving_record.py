@@ -1,6 +1,7 @@
 """Which version of a model directory serves: serving.json, resolve/load, rollback target."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -36,7 +37,8 @@ def test_the_recorded_version_serves_not_the_newest_and_history_is_kept(tmp_path
         (1, "promote", "first"),
         (2, "promote", "better"),
     ]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging file left behind"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != checkpoint.LOCK_FILE]
+    assert not leftovers, "no staging file left behind"
 
 
 def test_rollback_goes_to_the_newest_older_version_that_served(tmp_path):
@@ -69,7 +71,7 @@ def test_pruning_keeps_the_newest_the_serving_and_the_rollback_targets(tmp_path)
     assert checkpoint.prune(tmp_path, keep=2) == [1, 2, 4, 6, 7]
     assert checkpoint.versions(tmp_path) == [3, 5, 8, 9]  # serving, newest 2 that served, newest 2
     assert checkpoint.resolve(tmp_path).name == "v000003"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no half-deleted folder left behind"
+    assert not [p for p in tmp_path.glob(".deleting-*")], "no half-deleted folder left behind"
     assert checkpoint.next_version(tmp_path) == 10, "a deleted number is never given out again"
     assert checkpoint.prune(tmp_path, keep=2) == []
 
@@ -79,4 +81,18 @@ def test_pruning_a_directory_without_a_serving_record_keeps_the_newest(tmp_path)
     (tmp_path / ".deleting-v000000").mkdir()  # left behind by a trainer killed while deleting
     assert checkpoint.prune(tmp_path, keep=1) == [1, 2]
     assert checkpoint.resolve(tmp_path).name == "v000003"
-    assert [p.name for p in tmp_path.iterdir()] == ["v000003"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.LOCK_FILE, "v000003"]
+
+
+def test_changes_to_the_serving_record_made_at_once_are_all_kept(tmp_path):
+    # The trainer promoting while an operator runs `streamrec models promote`: neither entry is lost.
+    save_versions(tmp_path, 2)
+
+    def record(version: int) -> None:
+        for _ in range(50):
+            checkpoint.record_serving(tmp_path, version, action="promote", reason="")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(record, [1, 2, 1, 2]))
+    history = json.loads((tmp_path / checkpoint.SERVING_FILE).read_text())["history"]
+    assert len(history) == 200
