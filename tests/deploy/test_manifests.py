@@ -63,7 +63,8 @@ def strict(schema: dict) -> dict:
 
 
 def test_every_overlay_renders_the_expected_kinds(resources):
-    core = {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+    core = {"Namespace", "ServiceAccount", "ConfigMap", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+    core |= {"StatefulSet", "Deployment"}  # the workers, the trainer
     custom = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
     for overlay in OVERLAYS:
         kinds = {r["kind"] for r in resources[overlay]}
@@ -141,6 +142,10 @@ def test_checkov_passes_every_rendered_overlay_and_the_dockerfile(rendered, tmp_
 # --- what the README promises about the manifests --------------------------------------------
 
 
+# The workers are a StatefulSet (stable pod names = static group membership ids), the trainer a Deployment.
+KINDS = {"streamrec-worker": "StatefulSet", "streamrec-trainer": "Deployment"}
+
+
 def container(deployment: dict) -> dict:
     return deployment["spec"]["template"]["spec"]["containers"][0]
 
@@ -148,7 +153,7 @@ def container(deployment: dict) -> dict:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_meet_pod_security_restricted_with_a_read_only_root(find, overlay):
     for name, port in (("streamrec-worker", 9464), ("streamrec-trainer", 9465)):
-        deployment = find(overlay, "Deployment", name)
+        deployment = find(overlay, KINDS[name], name)
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -169,9 +174,17 @@ def test_pods_meet_pod_security_restricted_with_a_read_only_root(find, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_worker_is_a_static_member_named_after_its_pod(find, overlay):
-    env = {e["name"]: e for e in container(find(overlay, "Deployment", "streamrec-worker"))["env"]}
-    assert env["STREAMREC_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+def test_the_worker_is_a_static_member_named_after_its_pod_and_the_name_survives_a_rollout(find, overlay):
+    workers = find(overlay, "StatefulSet", "streamrec-worker")
+    for c in (container(workers), workers["spec"]["template"]["spec"]["initContainers"][0]):
+        env = {e["name"]: e for e in c["env"]}
+        assert env["STREAMREC_INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # A StatefulSet's pod is replaced under the same name: it takes its own partitions back.
+    assert workers["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert workers["spec"]["podManagementPolicy"] == "Parallel"
+    governing = find(overlay, "Service", workers["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"].items() <= workers["spec"]["template"]["metadata"]["labels"].items()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -184,7 +197,7 @@ def test_every_streamrec_variable_is_a_setting_and_passwords_come_from_secrets(f
     assert len(settings_maps) == 1
     names = set(settings_maps[0]["data"])
     for name in ("streamrec-worker", "streamrec-trainer"):
-        c = container(find(overlay, "Deployment", name))
+        c = container(find(overlay, KINDS[name], name))
         names |= {e["name"] for e in c["env"] if e["name"].startswith("STREAMREC_")}
         assert c["envFrom"] == [{"configMapRef": {"name": settings_maps[0]["metadata"]["name"]}}]
         password = next(e for e in c["env"] if e["name"] == "KAFKA_PASSWORD")
@@ -199,19 +212,23 @@ def test_every_streamrec_variable_is_a_setting_and_passwords_come_from_secrets(f
 
 def test_the_gpu_overlay_asks_for_a_gpu_and_tolerates_gpu_nodes(find):
     for name in ("streamrec-worker", "streamrec-trainer"):
-        deployment = find("gpu", "Deployment", name)
+        deployment = find("gpu", KINDS[name], name)
         assert container(deployment)["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert container(deployment)["image"].endswith("-cuda")
         tolerations = deployment["spec"]["template"]["spec"]["tolerations"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-        assert "nvidia.com/gpu" not in container(find("cpu", "Deployment", name))["resources"]["limits"]
+        assert "nvidia.com/gpu" not in container(find("cpu", KINDS[name], name))["resources"]["limits"]
 
 
 def test_keda_scales_on_the_worker_groups_lag_up_to_one_worker_per_partition(find, resources):
     default_partitions = Settings.model_fields["topic_partitions"].default
     for overlay in OVERLAYS:
         scaled = find(overlay, "ScaledObject", "streamrec-worker")
-        assert scaled["spec"]["scaleTargetRef"]["name"] == "streamrec-worker"
+        assert scaled["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "name": "streamrec-worker",
+        }
         (trigger,) = scaled["spec"]["triggers"]
         assert trigger["type"] == "kafka"
         assert trigger["metadata"]["consumerGroup"] == Settings.model_fields["group_id"].default
