@@ -154,7 +154,9 @@ class Settings(BaseSettings):
 
     # --- trainer -----------------------------------------------------------------------
     trainer_model_kind: str = Field("multvae", description="multvae, multdae, cfgan, ease, itemknn or pop")
-    trainer_interval_s: float = Field(300.0, gt=0, description="Seconds between training rounds")
+    trainer_interval_s: float = Field(
+        300.0, gt=0, description="Seconds between training rounds (after a failed one: 10 s, doubling up to this)"
+    )
     trainer_window_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Each round reads the events appended to the log in this many last seconds"
     )

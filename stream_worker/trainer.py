@@ -582,6 +582,17 @@ def _trained_until(serving: LoadedModel | None) -> int:
     return 0
 
 
+RETRY_AFTER_S = 10.0  # the first retry after a failed round; doubled after each further failure
+
+
+def next_round_in(interval_s: float, failures: int) -> float:
+    """Seconds to the next round: the interval, or sooner after failed rounds (e.g. Kafka away
+    for a moment), 10 s, 20 s, 40 s ... but never longer than the interval."""
+    if failures == 0:
+        return interval_s
+    return min(interval_s, RETRY_AFTER_S * 2 ** (failures - 1))
+
+
 class Trainer:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         if settings.model_dir is None:
@@ -606,18 +617,21 @@ class Trainer:
                 healthy=lambda: (True, "ok"),
                 ready=lambda: (True, "ok"),
             )
+        failures = 0  # rounds failed in a row
         try:
             while not self.stop.is_set():
                 try:
                     self.round()
+                    failures = 0
                 except Exception:
+                    failures += 1
                     self.metrics.rounds.labels("failed").inc()
                     log.exception("training round failed; the serving model stays")
                     if once:
                         raise
                 if once:
                     return
-                self.stop.wait(self.settings.trainer_interval_s)
+                self.stop.wait(next_round_in(self.settings.trainer_interval_s, failures))
         finally:
             if server is not None:
                 server.shutdown()

@@ -6,10 +6,13 @@ import scipy.sparse as sp
 import torch
 
 from models.baselines import Popularity
+from stream_worker.config import Settings
 from stream_worker.trainer import (
     ANNEAL_EPOCHS,
+    Trainer,
     WindowBuilder,
     decide,
+    next_round_in,
     ranked_quality,
     served_overrides,
     temporal_split,
@@ -117,7 +120,6 @@ def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
 
 def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_slice(monkeypatch):
     from models.train import train_model as real_train_model
-    from stream_worker.config import Settings
     from stream_worker.synthetic import SyntheticWorld
     from stream_worker.trainer import choose_epochs
 
@@ -147,3 +149,32 @@ def test_a_deletion_request_drops_the_users_earlier_events_from_training_but_not
     w = builder.build()
     kept = [(w.user_ids[u], w.item_ids[i]) for u, i in zip(w.users.tolist(), w.items.tolist(), strict=True)]
     assert kept == [("b", "y"), ("a", "w"), ("b", "x")]
+
+
+def test_a_failed_round_is_tried_again_sooner_backing_off_up_to_the_interval():
+    assert next_round_in(300.0, failures=0) == 300.0
+    assert [next_round_in(300.0, failures=n) for n in range(1, 7)] == [10.0, 20.0, 40.0, 80.0, 160.0, 300.0]
+    assert next_round_in(5.0, failures=1) == 5.0  # never later than a round would be anyway
+
+
+def test_the_trainer_loop_retries_sooner_after_failures_and_returns_to_the_interval(tmp_path):
+    trainer = Trainer(Settings(model_dir=tmp_path, trainer_interval_s=300.0, trainer_metrics_port=0))
+    outcomes = [RuntimeError("the broker is away"), RuntimeError("still away"), None, RuntimeError("away again")]
+
+    def one_round() -> None:
+        if error := outcomes.pop(0):
+            raise error
+
+    waits: list[float] = []
+
+    class Stop:  # the loop's stop event: records each wait, stops after four rounds
+        def is_set(self) -> bool:
+            return not outcomes
+
+        def wait(self, timeout: float) -> None:
+            waits.append(timeout)
+
+    trainer.round, trainer.stop = one_round, Stop()
+    trainer.run()
+    assert waits == [10.0, 20.0, 300.0, 10.0]  # a success resets the back-off
+    assert trainer.metrics.rounds.labels("failed")._value.get() == 3
