@@ -545,11 +545,11 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
         report.seconds,
         f", warm start from v{serving_version}" if initial is not None else "",
     )
-    _prune(model_dir, s.trainer_keep_versions)
+    _delete_old_versions(model_dir, s.trainer_keep_versions)
     return Trained(path=path, metadata=saved, promoted=promoted, reason=reason)
 
 
-def _prune(model_dir: Path, keep: int) -> None:
+def _delete_old_versions(model_dir: Path, keep: int) -> None:
     """Old versions go, so that a round every few minutes does not fill the volume; a failure
     to delete is logged, not fatal: the round's candidate is saved and decided already."""
     try:
