@@ -1,3 +1,3 @@
-from stream_worker.cli import main
+from stream_worker.cli.app import main
 
 main()

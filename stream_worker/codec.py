@@ -22,13 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The Avro schemas ship inside the package (a link to schemas/ in a checkout, files in the wheel).
+SCHEMA_DIR = Path(str(resources.files("stream_worker") / "schemas"))
 USER_EVENT = "user_event"
 RECOMMENDATION = "recommendation"
 MODEL_UPDATE = "model_update"

@@ -3,7 +3,7 @@
 The broker, in order of preference:
   1. an existing cluster named by STREAMREC_TEST_BOOTSTRAP_SERVERS;
   2. testcontainers' Kafka when a Docker engine answers;
-  3. the local single-node broker from Maven's jars (stream_worker.kafka_local), on a free
+  3. the local single-node broker from Maven's jars (stream_worker.kafka.local), on a free
      port with its data in a temporary folder, stopped at the end of the session.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stream_worker.config import ENV_PREFIX, Settings, load_settings, topics_under
-from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
+from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,15 +19,15 @@ import numpy as np
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
-from stream_worker import changelog
-from stream_worker.app import Worker
 from stream_worker.config import load_settings, topics_under
-from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
-from stream_worker.publish import producer_config
-from stream_worker.replay import publish_events
-from stream_worker.state import UserSnapshot, UserState
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import committed_and_end_offsets, ensure_topics
+from stream_worker.devtools.replay import publish_events
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
+from stream_worker.kafka.topics import committed_and_end_offsets, ensure_topics
+from stream_worker.worker import changelog
+from stream_worker.worker.loop import Worker
+from stream_worker.worker.publish import producer_config
+from stream_worker.worker.state import UserSnapshot, UserState
 from tests.integration.kafka_helpers import train_synthetic_model
 
 

@@ -21,8 +21,8 @@ from models.checkpoint import CheckpointMetadata, LoadedModel
 from models.multvae import MultVAE
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.inference import Inference
-from stream_worker.state import UserState
+from stream_worker.worker.inference import Inference
+from stream_worker.worker.state import UserState
 
 EVENT_TYPES = ("VIEW", "CLICK", "ADD_TO_CART", "PURCHASE")
 

@@ -21,10 +21,9 @@ import torch
 from models.checkpoint import CheckpointMetadata, LoadedModel
 from models.train import train_model
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
+from stream_worker.devtools.synthetic import SyntheticWorld
 from stream_worker.model_input import decay_rate_per_ms
-from stream_worker.state import interaction_weight
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.trainer import (
+from stream_worker.trainer.service import (
     WindowBuilder,
     ranked_quality,
     reindex_columns,
@@ -32,6 +31,7 @@ from stream_worker.trainer import (
     temporal_split,
     warm_tensors,
 )
+from stream_worker.worker.state import interaction_weight
 
 RATE = decay_rate_per_ms(30 * 24 * 3600.0)
 

@@ -26,9 +26,9 @@ from models import REGISTRY, checkpoint
 from models.base import densify_bag
 from models.train import train_model
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.inference import Inference
-from stream_worker.state import UserState
-from stream_worker.synthetic import SyntheticWorld
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.worker.inference import Inference
+from stream_worker.worker.state import UserState
 
 
 def sync(device: str) -> None:

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_worker.kafka_local import free_port
-from stream_worker.replay import publish_events
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
-from stream_worker.trainer import Trainer
+from stream_worker.devtools.replay import publish_events
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.local import free_port
+from stream_worker.kafka.topics import ensure_topics
+from stream_worker.trainer.service import Trainer
 from tests.deploy.conftest import DEPLOY, prometheus_path
 from tests.integration.kafka_helpers import drained, running_worker, train_synthetic_model, wait_until
 

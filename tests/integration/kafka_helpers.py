@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from models import checkpoint
 from models.train import train_model
-from stream_worker.app import Worker
 from stream_worker.codec import RECOMMENDATION, make_codec
 from stream_worker.config import Settings
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import committed_and_end_offsets
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.topics import committed_and_end_offsets
+from stream_worker.worker.loop import Worker
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from stream_worker.bench import BenchConfig, run_bench
+from stream_worker.devtools.bench import BenchConfig, run_bench
 
 pytestmark = pytest.mark.integration
 

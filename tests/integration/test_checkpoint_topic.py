@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from models import checkpoint
 from models.multvae import MultVAE
-from stream_worker.checkpoint_topic import (
+from stream_worker.channel.checkpoint_topic import (
     CHUNK_BYTES,
     CHUNKS_PARTITION,
     MANIFESTS_PARTITION,
@@ -28,7 +28,7 @@ from stream_worker.checkpoint_topic import (
     publish_checkpoint,
     read_manifests,
 )
-from stream_worker.topics import ensure_topics
+from stream_worker.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def test_publishing_again_is_idempotent_a_version_is_never_overwritten_and_the_c
 ):
     from typer.testing import CliRunner
 
-    from stream_worker.cli import app
+    from stream_worker.cli.app import app
     from tests.integration.kafka_helpers import end_offsets
 
     folder = save_multvae(tmp_path / "trainer-pod", 50)

@@ -23,10 +23,10 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from stream_worker.kafka_local import free_port
-from stream_worker.replay import publish_events, publish_forget
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
+from stream_worker.devtools.replay import publish_events, publish_forget
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.local import free_port
+from stream_worker.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import (
     committed_offsets,
     drained,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from stream_worker.codec import SCHEMA_DIR
-from stream_worker.kafka_local import DEFAULT_HOME
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.local import DEFAULT_HOME
+from stream_worker.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import drained, running_worker, train_synthetic_model, wait_until
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from stream_worker.kafka_local import free_port
-from stream_worker.topics import ensure_topics
+from stream_worker.kafka.local import free_port
+from stream_worker.kafka.topics import ensure_topics
 from tests.integration.kafka_helpers import end_offsets, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -261,7 +261,7 @@ def _events_on(settings) -> int:  # type: ignore[no-untyped-def]
 def test_the_demo_deletes_its_topics_and_waits_for_it(make_settings) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    from stream_worker.demo import _delete_topics
+    from stream_worker.devtools.demo import _delete_topics
 
     settings = make_settings()
     ensure_topics(settings)

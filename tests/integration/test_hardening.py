@@ -17,14 +17,14 @@ from confluent_kafka import Producer
 
 from models import checkpoint
 from models.base import REGISTRY
+from stream_worker.channel.watcher import announce
 from stream_worker.codec import MODEL_UPDATE, make_codec
-from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
-from stream_worker.model_updates import announce
-from stream_worker.publish import DLQ_ORIGINAL_SHA256, DLQ_ORIGINAL_SIZE, DLQ_REASON, DLQ_TRUNCATED
-from stream_worker.replay import publish_events
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
-from stream_worker.trainer import Trainer
+from stream_worker.devtools.replay import publish_events
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
+from stream_worker.kafka.topics import ensure_topics
+from stream_worker.trainer.service import Trainer
+from stream_worker.worker.publish import DLQ_ORIGINAL_SHA256, DLQ_ORIGINAL_SIZE, DLQ_REASON, DLQ_TRUNCATED
 from tests.integration.kafka_helpers import (
     drained,
     newest_per_user,

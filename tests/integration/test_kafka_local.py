@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from stream_worker.config import load_settings
-from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port, process_alive
-from stream_worker.topics import topic_specs
+from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port, process_alive
+from stream_worker.kafka.topics import topic_specs
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_start_and_stop_are_idempotent_and_leave_no_process(tmp_path):
 
 def test_a_cluster_id_that_starts_with_a_dash_still_formats(tmp_path, monkeypatch):
     # Random ids are URL-safe base64: one in 64 starts with "-", which once read as an option.
-    import stream_worker.kafka_local as kafka_local
+    import stream_worker.kafka.local as kafka_local
 
     monkeypatch.setattr(kafka_local, "_cluster_id", lambda: "-ZycFMRWTwyOmnHjH65ZMA")
     broker = LocalKafka(port=free_port(), home=tmp_path, jars=DEFAULT_HOME / "jars")

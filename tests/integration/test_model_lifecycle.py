@@ -8,12 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 from models import checkpoint
-from stream_worker.cli import app
+from stream_worker.cli.app import app
 from stream_worker.codec import MODEL_UPDATE, make_codec
-from stream_worker.replay import publish_events
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
-from stream_worker.trainer import Trainer
+from stream_worker.devtools.replay import publish_events
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.topics import ensure_topics
+from stream_worker.trainer.service import Trainer
 from tests.integration.kafka_helpers import drained, read_topic, running_worker, wait_until
 
 pytestmark = pytest.mark.integration

@@ -26,12 +26,12 @@ from confluent_kafka.admin import (
 
 from stream_worker.codec import MODEL_UPDATE, make_codec
 from stream_worker.config import Settings, load_settings, topics_under
-from stream_worker.kafka_auth import KafkaLoginError, check_kafka_login
-from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
-from stream_worker.replay import publish_events
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
-from stream_worker.trainer import Trainer
+from stream_worker.devtools.replay import publish_events
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.auth import KafkaLoginError, check_kafka_login
+from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
+from stream_worker.kafka.topics import ensure_topics
+from stream_worker.trainer.service import Trainer
 from tests.integration.kafka_helpers import (
     drained,
     newest_per_user,

@@ -14,11 +14,11 @@ import pytest
 from confluent_kafka import Producer
 
 from stream_worker.codec import SingleObjectCodec, UserEvent, from_user_event
-from stream_worker.publish import DLQ_MESSAGE, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
-from stream_worker.replay import publish_events
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.topics import ensure_topics
-from stream_worker.trainer import Trainer
+from stream_worker.devtools.replay import publish_events
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.topics import ensure_topics
+from stream_worker.trainer.service import Trainer
+from stream_worker.worker.publish import DLQ_MESSAGE, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
 from tests.integration.kafka_helpers import (
     committed_offsets,
     drained,

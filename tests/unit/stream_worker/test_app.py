@@ -13,9 +13,9 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from models import checkpoint
 from models.base import REGISTRY
-from stream_worker.app import Worker
 from stream_worker.codec import SingleObjectCodec, UserEvent, from_user_event
 from stream_worker.config import load_settings
+from stream_worker.worker.loop import Worker
 from tests.unit.stream_worker.fakes import FakeConsumer, FakeMessage, FakeProducer
 
 TOPIC = "events"
@@ -176,7 +176,7 @@ def test_acknowledged_offsets_are_committed_at_most_every_commit_interval(worker
     import time as real_time
     from types import SimpleNamespace
 
-    import stream_worker.app as app_module
+    import stream_worker.worker.loop as app_module
 
     now = [1000.0]
     clock = SimpleNamespace(monotonic=lambda: now[0], perf_counter=real_time.perf_counter, time=real_time.time)

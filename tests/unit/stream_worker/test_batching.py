@@ -1,4 +1,4 @@
-from stream_worker.batching import MicroBatcher
+from stream_worker.worker.batching import MicroBatcher
 
 
 class Clock:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stream_worker.cli import app
+from stream_worker.cli.app import app
 
 runner = CliRunner()
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from stream_worker import changelog
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.state import UserState
+from stream_worker.worker import changelog
+from stream_worker.worker.state import UserState
 
 
 def test_batch_records_are_byte_for_byte_the_codecs_and_decode_to_the_snapshots():

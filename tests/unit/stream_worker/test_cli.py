@@ -1,6 +1,6 @@
 from typer.testing import CliRunner
 
-from stream_worker.cli import app
+from stream_worker.cli.app import app
 
 runner = CliRunner()
 

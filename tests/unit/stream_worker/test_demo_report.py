@@ -3,8 +3,8 @@ import scipy.sparse as sp
 
 from models import checkpoint
 from models.train import train_model
-from stream_worker.demo_report import DemoRecord, write_report
-from stream_worker.synthetic import SyntheticWorld
+from stream_worker.devtools.demo_report import DemoRecord, write_report
+from stream_worker.devtools.synthetic import SyntheticWorld
 
 
 def test_the_report_draws_every_panel_from_a_real_model(tmp_path):

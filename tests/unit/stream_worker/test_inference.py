@@ -5,8 +5,8 @@ from models.base import Recommender
 from models.checkpoint import CheckpointMetadata, LoadedModel
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.inference import Inference, Ranked
-from stream_worker.state import UserState
+from stream_worker.worker.inference import Inference, Ranked
+from stream_worker.worker.state import UserState
 
 
 class FixedScores(Recommender):

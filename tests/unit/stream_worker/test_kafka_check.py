@@ -5,7 +5,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from stream_worker.config import load_settings
-from stream_worker.kafka_check import (
+from stream_worker.kafka.check import (
     KafkaConfigError,
     KafkaUnavailable,
     _reason,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from stream_worker.kafka_stats import ConsumerStats, partition_lags
+from stream_worker.kafka.stats import ConsumerStats, partition_lags
 from stream_worker.metrics import WorkerMetrics
 
 STATS = json.loads((Path(__file__).parent / "data" / "librdkafka_consumer_stats.json").read_text())

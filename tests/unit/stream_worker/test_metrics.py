@@ -4,7 +4,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_worker.kafka_local import free_port
+from stream_worker.kafka.local import free_port
 from stream_worker.metrics import TrainerMetrics, WorkerMetrics, serve
 
 # topic/partition: consumer lag per partition (bounded by the topic); version/model_kind: build info;

@@ -11,7 +11,7 @@ import pytest
 
 from models import checkpoint
 from models.base import REGISTRY
-from stream_worker.model_updates import Limits, Rejected, verify
+from stream_worker.channel.watcher import Limits, Rejected, verify
 
 ITEMS = [f"i{n}" for n in range(40)]
 
@@ -136,7 +136,7 @@ def test_a_model_that_knows_too_few_of_the_items_seen_is_rejected(store):
 def test_a_load_that_hangs_is_abandoned_after_the_timeout_and_counted(store, monkeypatch):
     from prometheus_client import CollectorRegistry
 
-    from stream_worker import model_updates
+    from stream_worker.channel import watcher as model_updates
     from stream_worker.codec import MODEL_UPDATE, make_codec
     from stream_worker.config import load_settings
     from stream_worker.metrics import WorkerMetrics

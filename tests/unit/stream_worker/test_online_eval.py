@@ -5,8 +5,8 @@ from prometheus_client import CollectorRegistry
 
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.online_eval import OnlineEvaluator, Popularity
-from stream_worker.state import UserState
+from stream_worker.worker.online_eval import OnlineEvaluator, Popularity
+from stream_worker.worker.state import UserState
 
 
 def ev(user: str, item: str, n: int) -> tuple[UserEvent, int, int]:

@@ -7,9 +7,9 @@ from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
 from stream_worker.codec import SingleObjectCodec
-from stream_worker.inference import Ranked
 from stream_worker.metrics import WorkerMetrics
-from stream_worker.publish import (
+from stream_worker.worker.inference import Ranked
+from stream_worker.worker.publish import (
     DLQ_ORIGINAL_SHA256,
     DLQ_ORIGINAL_SIZE,
     DLQ_REASON,
@@ -17,7 +17,7 @@ from stream_worker.publish import (
     RETRY_BACKOFF_S,
     Publisher,
 )
-from stream_worker.state import StateBatch
+from stream_worker.worker.state import StateBatch
 from tests.unit.stream_worker.fakes import FakeMessage, FakeProducer
 
 TP = ("events", 0)

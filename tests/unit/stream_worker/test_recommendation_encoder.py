@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from stream_worker.codec import RECOMMENDATION, SingleObjectCodec
-from stream_worker.inference import Inference
-from stream_worker.recommendation_encoder import RecommendationEncoder, record
+from stream_worker.worker.encoders import RecommendationEncoder, record
+from stream_worker.worker.inference import Inference
 
 from .test_inference import loaded, state_with
 

@@ -1,6 +1,6 @@
 import pytest
 
-from stream_worker.tail import HEADER, TitlesFileError, format_recommendation, load_titles
+from stream_worker.devtools.tail import HEADER, TitlesFileError, format_recommendation, load_titles
 
 RECORD = {
     "user_id": "276",

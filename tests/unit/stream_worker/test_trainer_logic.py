@@ -7,7 +7,7 @@ import torch
 
 from models.baselines import Popularity
 from stream_worker.config import Settings
-from stream_worker.trainer import (
+from stream_worker.trainer.service import (
     ANNEAL_EPOCHS,
     Trainer,
     WindowBuilder,
@@ -101,7 +101,7 @@ def test_served_mult_vae_anneals_over_the_evaluated_number_of_epochs_at_any_size
 def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
     from models.checkpoint import CheckpointMetadata, LoadedModel
     from models.multvae import MultVAE, MultVAEConfig
-    from stream_worker.trainer import warm_tensors
+    from stream_worker.trainer.service import warm_tensors
 
     config = MultVAEConfig(hidden_dim=8, latent_dim=4)
     serving = MultVAE(3, config)
@@ -120,8 +120,8 @@ def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
 
 def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_slice(monkeypatch):
     from models.train import train_model as real_train_model
-    from stream_worker.synthetic import SyntheticWorld
-    from stream_worker.trainer import choose_epochs
+    from stream_worker.devtools.synthetic import SyntheticWorld
+    from stream_worker.trainer.service import choose_epochs
 
     world = SyntheticWorld(n_users=60, n_items=150, seed=3)
     events = list(world.events(4000, seed=1, start_ms=1_700_000_000_000))
@@ -135,7 +135,7 @@ def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_
         trained_epochs.append(len(report.curve))
         return model, report
 
-    monkeypatch.setattr("stream_worker.trainer.train_model", recording_train_model)
+    monkeypatch.setattr("stream_worker.trainer.service.train_model", recording_train_model)
     epochs = choose_epochs(settings, w, split.cutoff_ms, w.item_ids, served_overrides("multvae", 48), None)
     assert epochs is not None and epochs >= 1
     assert trained_epochs == [epochs + 10], "stops PATIENCE epochs after the best one, far below the default 200"

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from stream_worker.codec import USER_EVENT, UserEvent, from_user_event, make_codec
 from stream_worker.config import Settings
-from stream_worker.publish import producer_config
+from stream_worker.worker.publish import producer_config
 
 
 class PublishError(RuntimeError):

@@ -5,7 +5,7 @@ For development, tests and the demo on machines without Docker:
     LocalKafka(port=9092).start()   # fetches jars once, formats storage once, waits until ready
     LocalKafka(port=9092).stop()    # SIGTERM, then SIGKILL after a grace period; no process left
 
-Everything lives under one home folder (default `.cache/kafka` in the repo, git-ignored):
+Everything lives under one home folder (default `~/.cache/streamrec/kafka`):
 `jars/` (shared by all ports), and per port `broker-<port>/` with the data, server.log,
 server.properties and the pid file. Both calls are idempotent.
 """
@@ -20,16 +20,20 @@ import socket
 import subprocess
 import time
 import uuid
+from importlib import resources
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
-LOG4J_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
-DEFAULT_HOME = REPO_ROOT / ".cache" / "kafka"
+# The broker's pom and log4j config ship inside the package (a link to deploy/kafka in a
+# checkout, files in the wheel), so a pip-installed streamrec runs a local broker too.
+BROKER_FILES = Path(str(resources.files("stream_worker.kafka") / "broker"))
+POM = BROKER_FILES / "pom.xml"
+LOG4J_CONFIG = BROKER_FILES / "log4j2.properties"
+# Jars and local brokers live in the user's cache, shared by checkouts and installs.
+DEFAULT_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamrec" / "kafka"
 JAVA_MAIN = "kafka.Kafka"
 
 SERVER_PROPERTIES = """\
-# Written by streamrec (stream_worker/kafka_local.py) for a local single-node broker.
+# Written by streamrec (stream_worker/kafka/local.py) for a local single-node broker.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}

@@ -24,7 +24,7 @@ from stream_worker.codec import SINGLE_OBJECT_MAGIC, SingleObjectCodec
 from stream_worker.codec import avro_long as _long
 from stream_worker.codec import avro_string as _string
 from stream_worker.config import Settings
-from stream_worker.state import ItemCodes, UserSnapshot, UserState
+from stream_worker.worker.state import ItemCodes, UserSnapshot, UserState
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ChangelogEncoder:
     compares them). Why by hand: `snapshot` builds a list of item id strings per user and
     fastavro's writer walks a dict per record, together about as costly per user as a quarter
     of the model call when draining; here each item id is encoded once (cached per item code)
-    and a record is a join of ready-made pieces, as in `recommendation_encoder`.
+    and a record is a join of ready-made pieces, as in `worker.encoders`.
     """
 
     def __init__(self, source_topic: str) -> None:

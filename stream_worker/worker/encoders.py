@@ -19,8 +19,8 @@ import numpy as np
 from stream_worker.codec import RECOMMENDATION, SINGLE_OBJECT_MAGIC, Codec, SingleObjectCodec
 from stream_worker.codec import avro_long as _long
 from stream_worker.codec import avro_string as _string
-from stream_worker.inference import Ranked
-from stream_worker.state import StateBatch
+from stream_worker.worker.inference import Ranked
+from stream_worker.worker.state import StateBatch
 
 
 class RecommendationEncoder:

@@ -23,8 +23,8 @@ def publish(
     folder: Annotated[Path, typer.Argument(help="A checkpoint folder (weights.safetensors + metadata.json)")],
 ) -> None:
     """Publish a checkpoint folder to the checkpoints topic and print its kafka:// URI."""
-    from stream_worker.checkpoint_topic import publish_checkpoint
-    from stream_worker.cli import _settings
+    from stream_worker.channel.checkpoint_topic import publish_checkpoint
+    from stream_worker.cli.app import _settings
 
     settings = _settings()
     uri = _or_fail(lambda: publish_checkpoint(settings, folder))
@@ -43,8 +43,8 @@ def fetch(
 
     streamrec checkpoints fetch --name multvae --to /models && streamrec worker --model /models/multvae
     """
-    from stream_worker.checkpoint_topic import fetch_checkpoint, newest_uri
-    from stream_worker.cli import _fail, _settings, console
+    from stream_worker.channel.checkpoint_topic import fetch_checkpoint, newest_uri
+    from stream_worker.cli.app import _fail, _settings, console
 
     settings = _settings()
     if (name is None) == (uri is None):
@@ -68,8 +68,8 @@ def fetch(
 @checkpoints_app.command("list")
 def list_checkpoints() -> None:
     """Every checkpoint on the topic: URI, weights size and SHA-256."""
-    from stream_worker.checkpoint_topic import checkpoint_uri, read_manifests
-    from stream_worker.cli import _settings
+    from stream_worker.channel.checkpoint_topic import checkpoint_uri, read_manifests
+    from stream_worker.cli.app import _settings
 
     settings = _settings()
     manifests = _or_fail(lambda: read_manifests(settings))
@@ -84,8 +84,8 @@ def _or_fail(action: Callable[[], T]) -> T:
     from confluent_kafka import KafkaException
 
     from models.checkpoint import CheckpointError
-    from stream_worker.checkpoint_topic import CheckpointTransferError
-    from stream_worker.cli import _fail
+    from stream_worker.channel.checkpoint_topic import CheckpointTransferError
+    from stream_worker.cli.app import _fail
 
     try:
         return action()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_worker.synthetic import SyntheticWorld
+from stream_worker.devtools.synthetic import SyntheticWorld
 
 
 @dataclass

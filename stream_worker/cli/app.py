@@ -28,10 +28,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from stream_worker.checkpoints_cli import checkpoints_app
+from stream_worker.cli.checkpoints import checkpoints_app
+from stream_worker.cli.models import app as models_app
 from stream_worker.config import ConfigError, Settings, load_settings
-from stream_worker.kafka_local import DEFAULT_HOME, KafkaStartError, LocalKafka
-from stream_worker.models_cli import app as models_app
+from stream_worker.kafka.local import DEFAULT_HOME, KafkaStartError, LocalKafka
 
 # Exit codes: 2 = a usage error (a bad option, setting or input file), 1 = a runtime error
 # (Kafka away, a taken port, a failed round), 130 = interrupted (Ctrl+C) before finishing.
@@ -64,7 +64,7 @@ topics_app = typer.Typer(help="The topics streamrec reads and writes.")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
-app.add_typer(checkpoints_app, name="checkpoints")  # checkpoints on the Kafka topic (checkpoints_cli.py)
+app.add_typer(checkpoints_app, name="checkpoints")  # checkpoints on the Kafka topic (cli/checkpoints.py)
 # A pipe or a log file has no width: rich would assume 80 columns and cut or wrap lines there.
 _TTY = sys.stderr.isatty()
 console = Console(stderr=True, width=None if _TTY else 120, soft_wrap=not _TTY)
@@ -117,15 +117,15 @@ def explain(exc: BaseException) -> tuple[str, int]:
 # Exceptions whose message is already the one sentence a person needs, by module and name.
 USAGE_ERRORS = [
     ("stream_worker.config", "ConfigError"),
-    ("stream_worker.kafka_check", "KafkaConfigError"),
-    ("stream_worker.tail", "TitlesFileError"),
+    ("stream_worker.kafka.check", "KafkaConfigError"),
+    ("stream_worker.devtools.tail", "TitlesFileError"),
     ("models.data", "RatingsFileError"),
     ("models.checkpoint", "CheckpointError"),
 ]
 RUNTIME_ERRORS = [
-    ("stream_worker.kafka_check", "KafkaUnavailable"),
-    ("stream_worker.kafka_local", "KafkaStartError"),
-    ("stream_worker.replay", "PublishError"),
+    ("stream_worker.kafka.check", "KafkaUnavailable"),
+    ("stream_worker.kafka.local", "KafkaStartError"),
+    ("stream_worker.devtools.replay", "PublishError"),
 ]
 
 
@@ -140,7 +140,7 @@ def _print_error(message: str) -> None:
 
 
 def _settings(verbose: bool = False, **overrides: Any) -> Settings:
-    from stream_worker.kafka_check import quiet
+    from stream_worker.kafka.check import quiet
 
     try:
         return quiet(load_settings(**overrides), verbose or _verbose())
@@ -191,7 +191,7 @@ def _shown(path: Path) -> str:
 
 def _need_kafka(settings: Settings, *topics: str) -> None:
     """One bounded check that the cluster answers and `topics` exist (else one sentence, exit 1/2)."""
-    from stream_worker.kafka_check import check_kafka
+    from stream_worker.kafka.check import check_kafka
 
     check_kafka(settings, topics)
 
@@ -234,7 +234,7 @@ KafkaHome = Annotated[Path, typer.Option(help="Jars, data and logs (per port: <h
 
 def _local_port(port: int | None) -> int:
     """--port, else the port of STREAMREC_BOOTSTRAP_SERVERS when it names this machine, else 9092."""
-    from stream_worker.kafka_check import local_port
+    from stream_worker.kafka.check import local_port
 
     if port is not None:
         return port
@@ -292,7 +292,7 @@ def topics_create(
 
     streamrec topics create --partitions 6
     """
-    from stream_worker.topics import ensure_topics
+    from stream_worker.kafka.topics import ensure_topics
 
     settings = _settings(bootstrap_servers=bootstrap_servers, topic_partitions=partitions)
     _need_kafka(settings)
@@ -329,7 +329,7 @@ def train(
     from models.report import format_metrics
 
     if from_topic:
-        from stream_worker.trainer import train_from_topic
+        from stream_worker.trainer.service import train_from_topic
 
         settings = _settings(
             verbose, bootstrap_servers=bootstrap_servers, trainer_model_kind=kind, trainer_epochs=epochs, model_dir=out
@@ -503,8 +503,8 @@ def worker(
 
     streamrec worker --model runs/models
     """
-    from stream_worker.app import StopIncomplete, Worker
-    from stream_worker.kafka_check import wait_for_kafka
+    from stream_worker.kafka.check import wait_for_kafka
+    from stream_worker.worker.loop import StopIncomplete, Worker
 
     _logging(verbose)
     settings = _settings(verbose, bootstrap_servers=bootstrap_servers, model_dir=model, metrics_port=metrics_port)
@@ -552,7 +552,7 @@ def trainer(
 
     streamrec trainer --model-dir runs/models --interval 300
     """
-    from stream_worker.trainer import Trainer
+    from stream_worker.trainer.service import Trainer
 
     _logging(verbose)
     settings = _settings(verbose, bootstrap_servers=bootstrap_servers, model_dir=model_dir, trainer_interval_s=interval)
@@ -590,8 +590,8 @@ def replay(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from stream_worker.replay import publish_events, ratings_events, retimed
-    from stream_worker.synthetic import SyntheticWorld
+    from stream_worker.devtools.replay import publish_events, ratings_events, retimed
+    from stream_worker.devtools.synthetic import SyntheticWorld
 
     if (ratings is None) == (not synthetic):
         _fail("Give exactly one of --ratings PATH or --synthetic.", USAGE)
@@ -655,7 +655,7 @@ def forget(
 
     streamrec forget alice
     """
-    from stream_worker.replay import publish_forget
+    from stream_worker.devtools.replay import publish_forget
 
     settings = _settings(bootstrap_servers=bootstrap_servers)
     try:
@@ -681,7 +681,7 @@ def tail(
 
     streamrec tail --from-beginning --max 10 --titles ../shared/data/ml-100k/u.item
     """
-    from stream_worker.tail import HEADER, LEGEND, follow, format_recommendation, load_titles
+    from stream_worker.devtools.tail import HEADER, LEGEND, follow, format_recommendation, load_titles
 
     names = load_titles(titles) if titles is not None else None
     settings = _settings(verbose, bootstrap_servers=bootstrap_servers)
@@ -709,7 +709,7 @@ def demo(
     """Everything end to end on a synthetic world: broker, topics, first model, worker, trainer,
     live events with progress, example recommendations, a PNG report; then stops all it started
     and deletes its topics."""
-    from stream_worker.demo import run_demo
+    from stream_worker.devtools.demo import run_demo
 
     _settings(verbose, bootstrap_servers=bootstrap_servers)  # fail fast on bad settings
     try:
@@ -744,7 +744,7 @@ def bench(
 
     streamrec bench --quick
     """
-    from stream_worker.bench import quick_or_full, run_bench
+    from stream_worker.devtools.bench import quick_or_full, run_bench
 
     if device not in ("cpu", "cuda"):
         _fail(f"--device must be cpu or cuda, not {device!r}.", 2)

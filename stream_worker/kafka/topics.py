@@ -7,7 +7,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_worker.checkpoint_topic import checkpoints_topic_spec
+from stream_worker.channel.checkpoint_topic import checkpoints_topic_spec
 from stream_worker.config import Settings
 
 
@@ -28,7 +28,7 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTo
         # Co-partitioned with the events: a worker restores partition p of it for events partition p.
         NewTopic(settings.state_topic, num_partitions=n, replication_factor=-1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.model_updates_topic, num_partitions=1, replication_factor=-1),
-        checkpoints_topic_spec(settings),  # compacted; see stream_worker/checkpoint_topic.py
+        checkpoints_topic_spec(settings),  # compacted; see channel/checkpoint_topic.py
     ]
 
 

@@ -19,7 +19,7 @@ import torch
 
 from models.base import Recommender
 from models.checkpoint import LoadedModel
-from stream_worker.state import ItemCodes, StateBatch
+from stream_worker.worker.state import ItemCodes, StateBatch
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Ranked:
 
     # Per-user lists, the shape callers used before the arrays: a Python loop over users (made
     # once per batch, on first use), kept only until publishing encodes from the arrays
-    # (stream_worker.recommendation_encoder).
+    # (stream_worker.worker.encoders).
 
     @cached_property
     def item_ids(self) -> list[list[str]]:

@@ -44,12 +44,12 @@ from models.checkpoint import CheckpointError, LoadedModel
 from models.evaluate import GRIDS, PATIENCE, compute_metrics
 from models.train import train_model
 from stream_worker import metrics as metrics_module
+from stream_worker.channel.watcher import announce
 from stream_worker.codec import USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
 from stream_worker.config import Settings
 from stream_worker.model_input import decay_rate_per_ms, input_rows
-from stream_worker.model_updates import announce
-from stream_worker.publish import producer_config
-from stream_worker.state import interaction_weight
+from stream_worker.worker.publish import producer_config
+from stream_worker.worker.state import interaction_weight
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_worker.codec import UserEvent
 from stream_worker.metrics import OnlineMetrics
-from stream_worker.state import ItemCodes, StateBatch
+from stream_worker.worker.state import ItemCodes, StateBatch
 
 # Popularity counts halve every this many events, so the baseline follows what is popular now.
 POPULARITY_HALF_LIFE_EVENTS = 10_000

@@ -38,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from models import checkpoint
 from models.checkpoint import CheckpointError, CheckpointMetadata, LoadedModel
-from stream_worker.checkpoint_topic import (
+from stream_worker.channel.checkpoint_topic import (
     SCHEME,
     CheckpointIntegrityError,
     CheckpointTransferError,
@@ -203,7 +203,7 @@ def verify(
 def fetched_from_kafka(
     settings: Settings, update: dict[str, Any], limits: Limits, newest: dict[str, int]
 ) -> tuple[dict[str, Any], Limits]:
-    """Checkpoints through Kafka (i9k, stream_worker/checkpoint_topic.py): a kafka:// checkpoint is
+    """Checkpoints through Kafka (channel/checkpoint_topic.py): a kafka:// checkpoint is
     fetched into the local cache with its sizes and hashes checked against the manifest and the
     announcement; `verify` then checks it like any folder, the cache being where it must resolve.
     Other URIs pass unchanged, and so do announcements `verify` refuses for their version alone

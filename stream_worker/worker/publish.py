@@ -24,12 +24,12 @@ from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream_worker import changelog
 from stream_worker.codec import Codec
-from stream_worker.inference import Ranked
 from stream_worker.metrics import WorkerMetrics
-from stream_worker.recommendation_encoder import RecommendationEncoder
-from stream_worker.state import StateBatch, UserState
+from stream_worker.worker import changelog
+from stream_worker.worker.encoders import RecommendationEncoder
+from stream_worker.worker.inference import Ranked
+from stream_worker.worker.state import StateBatch, UserState
 
 log = logging.getLogger(__name__)
 

@@ -110,7 +110,7 @@ def create_topics(settings: Settings, names: list[str], partitions: int) -> None
 
 def warm_producer(settings: Settings, topic: str) -> Producer:
     """An idempotent producer that already has its producer id and the topic's metadata."""
-    from stream_worker.publish import producer_config
+    from stream_worker.worker.publish import producer_config
 
     producer = Producer(producer_config(settings.kafka_common()))
     producer.produce(topic, b"warm-up", b"warm-up")
@@ -167,9 +167,9 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
     from models import checkpoint
     from stream_worker.codec import to_user_event
     from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-    from stream_worker.inference import Inference
-    from stream_worker.recommendation_encoder import RecommendationEncoder, record
-    from stream_worker.state import UserState
+    from stream_worker.worker.encoders import RecommendationEncoder, record
+    from stream_worker.worker.inference import Inference
+    from stream_worker.worker.state import UserState
 
     stages = results.stages
     rate, msgs = consume_all(settings, settings.events_topic, config.backlog_events)
@@ -240,7 +240,7 @@ def state_bytes_per_user(config: BenchConfig, msgs: list[Any]) -> dict[str, floa
 
     from stream_worker.codec import to_user_event
     from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-    from stream_worker.state import UserState
+    from stream_worker.worker.state import UserState
 
     codec = SingleObjectCodec(USER_EVENT)
     tracemalloc.start()
@@ -275,9 +275,9 @@ def naive_consumer(config: BenchConfig, settings: Settings, model_dir: Path) -> 
     from models import checkpoint
     from stream_worker.codec import to_user_event
     from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-    from stream_worker.inference import Inference
-    from stream_worker.recommendation_encoder import record
-    from stream_worker.state import UserState
+    from stream_worker.worker.encoders import record
+    from stream_worker.worker.inference import Inference
+    from stream_worker.worker.state import UserState
 
     state = UserState(
         max_users=config.n_users * 2,
@@ -548,7 +548,7 @@ def at_rate(
 
 
 def _wait_drained(settings: Settings, timeout_s: float) -> None:
-    from stream_worker.topics import committed_and_end_offsets
+    from stream_worker.kafka.topics import committed_and_end_offsets
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -575,8 +575,8 @@ def run_bench(
     from models import checkpoint
     from models.multvae import MultVAE
     from stream_worker.config import load_settings
-    from stream_worker.kafka_local import DEFAULT_HOME, LocalKafka, free_port
-    from stream_worker.topics import ensure_topics
+    from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
+    from stream_worker.kafka.topics import ensure_topics
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # as the worker (STREAMREC_TORCH_THREADS=1): stage limits on the same footing

@@ -7,7 +7,7 @@
 5. live events at a fixed rate (plus a few malformed records for the dead-letter topic),
    with a progress table scraped from the worker's /metrics
 6. example recommendations beside each user's true taste, and a quality figure
-7. a PNG report (stream_worker/demo_report.py): latency, throughput, the swap, quality per
+7. a PNG report (devtools/demo_report.py): latency, throughput, the swap, quality per
    model version and the model's latent space of users
 8. SIGTERM to worker and trainer; their exit codes decide ours; the topics are deleted
 """
@@ -37,14 +37,14 @@ from rich.table import Table
 from models.report import format_metrics
 from stream_worker.codec import UserEvent
 from stream_worker.config import ENV_PREFIX, Settings, load_settings, topics_under
-from stream_worker.demo_report import DemoRecord, write_report
-from stream_worker.kafka_check import check_kafka, quiet
-from stream_worker.kafka_local import REPO_ROOT, LocalKafka, free_port
-from stream_worker.replay import publish_events, retimed
-from stream_worker.synthetic import SyntheticWorld
-from stream_worker.tail import follow
-from stream_worker.topics import committed_and_end_offsets, ensure_topics, topic_specs
-from stream_worker.trainer import train_from_topic
+from stream_worker.devtools.demo_report import DemoRecord, write_report
+from stream_worker.devtools.replay import publish_events, retimed
+from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.devtools.tail import follow
+from stream_worker.kafka.check import check_kafka, quiet
+from stream_worker.kafka.local import LocalKafka, free_port
+from stream_worker.kafka.topics import committed_and_end_offsets, ensure_topics, topic_specs
+from stream_worker.trainer.service import train_from_topic
 
 HISTORY_EVENTS = 40_000
 N_USERS, N_ITEMS = 2_000, 1_000
@@ -62,7 +62,7 @@ def run_demo(
 ) -> int:
     """The demo; returns the exit code. Raises KafkaUnavailable when a named cluster does not answer."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-    workdir = REPO_ROOT / "runs" / "demo"
+    workdir = Path.cwd() / "runs" / "demo"
     broker = None
     if not (bootstrap_servers or os.environ.get(f"{ENV_PREFIX}BOOTSTRAP_SERVERS")):
         broker = LocalKafka(port=9092)

@@ -39,9 +39,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
 
 from models import checkpoint, pick_device
-from stream_worker import changelog
 from stream_worker import metrics as metrics_module
-from stream_worker.batching import MicroBatcher
+from stream_worker.channel.watcher import ModelWatcher
 from stream_worker.codec import (
     RECOMMENDATION,
     USER_EVENT,
@@ -53,13 +52,14 @@ from stream_worker.codec import (
     to_user_event,
 )
 from stream_worker.config import Settings
-from stream_worker.inference import Inference
-from stream_worker.kafka_stats import ConsumerStats
+from stream_worker.kafka.stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
-from stream_worker.model_updates import ModelWatcher
-from stream_worker.online_eval import OnlineEvaluator
-from stream_worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted, producer_config
-from stream_worker.state import UserState
+from stream_worker.worker import changelog
+from stream_worker.worker.batching import MicroBatcher
+from stream_worker.worker.inference import Inference
+from stream_worker.worker.online_eval import OnlineEvaluator
+from stream_worker.worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted, producer_config
+from stream_worker.worker.state import UserState
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Tools for developers, not needed at run time: bench, demo, replay, synthetic data, tail."""

@@ -1,0 +1,3 @@
+"""The periodic trainer: read a window of the event log, split, fit, compare with the serving model (the gate),
+announce.
+"""
