@@ -43,6 +43,7 @@ from confluent_kafka.admin import NewTopic
 from models import checkpoint
 from models.checkpoint import METADATA_FILE, WEIGHTS_FILE
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import new_producer, new_reader
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,11 @@ def publish_checkpoint(settings: Settings, folder: Path, *, timeout_s: float = 3
     if not meta.name or "/" in meta.name:
         raise CheckpointTransferError(f"model name {meta.name!r} cannot be a key part: it must be non-empty, no '/'")
     topic, prefix = settings.checkpoints_topic, _prefix(meta.name, meta.version)
-    producer = Producer(
-        {
-            **settings.kafka_common(),
-            "enable.idempotence": True,  # acks=all; a retried chunk is never written twice or out of order
-            "compression.type": "none",  # trained float32 weights do not compress; save the CPU
-            "linger.ms": 5,
-        }
+    producer = new_producer(
+        settings,
+        # idempotent (acks=all): a retried chunk is never written twice or out of order; float32
+        # weights do not compress; give up after librdkafka's default 5 minutes, not never.
+        **{"compression.type": "none", "linger.ms": 5, "message.timeout.ms": 300_000},
     )
     _require_topic(producer, topic)
     deadline = time.monotonic() + timeout_s
@@ -374,15 +373,13 @@ def _read(settings: Settings, partition: int, start: int, last: int | None, dead
     """Records of one partition of the checkpoints topic from `start` through offset `last` (None = the
     end offset seen now), in order; CheckpointFetchTimeout if they do not all arrive by `deadline`."""
     topic = settings.checkpoints_topic
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            # librdkafka requires a group id even for assign(); nothing is ever committed.
-            "group.id": f"{settings.group_id}.checkpoints",
-            "enable.auto.commit": False,
+    consumer = new_reader(
+        settings,
+        f"{settings.group_id}.checkpoints",
+        **{
             "auto.offset.reset": "earliest",  # `start` already compacted away: the next record there is
             "queued.max.messages.kbytes": 32 * 1024,  # prefetch at most 32 MiB of chunks
-        }
+        },
     )
     try:
         tp = TopicPartition(topic, partition)

@@ -48,6 +48,7 @@ from stream_worker.channel.checkpoint_topic import (
 )
 from stream_worker.codec import MODEL_UPDATE, DecodeError, make_codec
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import ThrottledLog, new_reader
 from stream_worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -291,18 +292,11 @@ class ModelWatcher:
 
     def _run(self) -> None:
         """Read announcements until stopped; on any broker error start over after a pause."""
-        last_logged = 0.0
+        throttled = ThrottledLog(log)
         while not self._stop.is_set():
             consumer = None
             try:
-                consumer = Consumer(
-                    {
-                        **self._settings.kafka_common(),
-                        # librdkafka wants a group id even for assign(); nothing is ever committed.
-                        "group.id": f"{self._settings.group_id}.model-watcher",
-                        "enable.auto.commit": False,
-                    }
-                )
+                consumer = new_reader(self._settings, f"{self._settings.group_id}.model-watcher")
                 self._assign_from_newest(consumer)
                 while not self._stop.is_set():
                     self._heartbeat = time.monotonic()
@@ -311,9 +305,7 @@ class ModelWatcher:
                     if msg is not None and not msg.error():
                         self._consider(msg.value())
             except Exception as exc:  # KafkaException while the broker is away, mostly
-                if time.monotonic() - last_logged >= 60:
-                    last_logged = time.monotonic()
-                    log.warning("model watcher: %s; retrying every %.0fs", exc, RETRY_S)
+                throttled.warning("watcher", "model watcher: %s; retrying every %.0fs", exc, RETRY_S)
                 self._stop.wait(RETRY_S)
             finally:
                 if consumer is not None:

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from stream_worker.config import ConfigError, Settings, load_settings
+from stream_worker.kafka.clients import new_producer
 
 if TYPE_CHECKING:
     from models.checkpoint import CheckpointMetadata
@@ -142,7 +143,6 @@ def _serve(settings: Settings, version: int, *, action: str, reason: str) -> Non
 
 
 def announce_version(settings: Settings, meta: CheckpointMetadata, path: Path, *, action: str) -> None:
-    from confluent_kafka import Producer
 
     from stream_worker.channel.watcher import announce
 
@@ -150,7 +150,7 @@ def announce_version(settings: Settings, meta: CheckpointMetadata, path: Path, *
     window = (training["window_start_ms"], training["window_end_ms"]) if "window_start_ms" in training else None
     try:
         announce(
-            Producer(settings.kafka_common()),
+            new_producer(settings),
             settings,
             meta,
             path,

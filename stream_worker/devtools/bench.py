@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from stream_worker.codec import RECOMMENDATION, USER_EVENT, SingleObjectCodec, UserEvent, from_user_event
 from stream_worker.config import Settings, topics_under
+from stream_worker.kafka.clients import new_admin, new_consumer, new_producer, new_reader
 
 EVENT_TYPES = ("VIEW", "CLICK", "ADD_TO_CART", "PURCHASE")
 
@@ -100,9 +101,9 @@ def item_ids(config: BenchConfig) -> list[str]:
 
 
 def create_topics(settings: Settings, names: list[str], partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient(settings.kafka_common())  # held until the futures resolve
+    admin = new_admin(settings)  # held until the futures resolve
     futures = admin.create_topics([NewTopic(n, num_partitions=partitions) for n in names])
     for future in futures.values():
         future.result(timeout=30)
@@ -110,9 +111,7 @@ def create_topics(settings: Settings, names: list[str], partitions: int) -> None
 
 def warm_producer(settings: Settings, topic: str) -> Producer:
     """An idempotent producer that already has its producer id and the topic's metadata."""
-    from stream_worker.worker.publish import producer_config
-
-    producer = Producer(producer_config(settings.kafka_common()))
+    producer = new_producer(settings)
     producer.produce(topic, b"warm-up", b"warm-up")
     assert producer.flush(60) == 0, f"could not produce to {topic} within 60 s"
     return producer
@@ -139,9 +138,7 @@ def produce_all(settings: Settings, topic: str, values: list[tuple[bytes, bytes]
 
 def consume_all(settings: Settings, topic: str, n: int, max_records: int = 1000) -> tuple[float, list[Any]]:
     """Read n records from the beginning of `topic` with consume(max_records): (records/s, messages)."""
-    consumer = Consumer(
-        {**settings.kafka_common(), "group.id": f"bench-consume-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
-    )
+    consumer = new_reader(settings, f"bench-consume-{uuid.uuid4().hex[:8]}")
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -287,8 +284,8 @@ def naive_consumer(config: BenchConfig, settings: Settings, model_dir: Path) -> 
     )
     inference = Inference(checkpoint.load(model_dir, config.device), state.items, torch.device(config.device), 20)
     in_codec, out_codec = SingleObjectCodec(USER_EVENT), SingleObjectCodec(RECOMMENDATION)
-    consumer = Consumer(
-        {**settings.kafka_common(), "group.id": f"{settings.group_id}.naive", "auto.offset.reset": "earliest"}
+    consumer = new_consumer(
+        settings, f"{settings.group_id}.naive", **{"enable.auto.commit": True, "auto.offset.reset": "earliest"}
     )
     topic = f"{settings.recommendations_topic}.naive"
     producer = warm_producer(settings, topic)
@@ -381,7 +378,7 @@ def drain(settings: Settings, worker: WorkerProcess, n_events: int) -> dict[str,
     the events (its /metrics scraped every 50 ms, crossing times interpolated), and the wall
     time from its first applied event until its committed offsets reach the end."""
     topic = settings.events_topic
-    watcher = Consumer({**settings.kafka_common(), "group.id": settings.group_id, "enable.auto.commit": False})
+    watcher = new_consumer(settings, settings.group_id)
     try:
         partitions = [TopicPartition(topic, p) for p in watcher.list_topics(topic, timeout=10).topics[topic].partitions]
         ends = {tp.partition: watcher.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
@@ -423,7 +420,7 @@ def _producer_process(common: dict, topic: str, config: BenchConfig, rate: float
     events = make_events(config, int(rate * config.seconds_per_rate), seed, 0)
     codec = SingleObjectCodec(USER_EVENT)
     # linger 1 ms: the producer's own batching delay is part of what the reader measures.
-    producer = Producer({**common, "enable.idempotence": True, "linger.ms": 1, "compression.type": "lz4"})
+    producer = new_producer(common, **{"message.timeout.ms": 60_000})
     started = time.perf_counter()
     for n, event in enumerate(events):
         # poll() returns early when it serves a delivery report, so wait until the time has come.
@@ -444,7 +441,7 @@ def _producer_process(common: dict, topic: str, config: BenchConfig, rate: float
 def _reader_process(common: dict, topic: str, ready: Any, stop: Any, out: str) -> None:
     """Child process: receive recommendations from the current end; save (received, last_event_time, generated_at)."""
     codec = SingleObjectCodec(RECOMMENDATION)
-    consumer = Consumer({**common, "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}", "fetch.wait.max.ms": 10})
+    consumer = new_reader(common, f"bench-reader-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 10})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
     consumer.assign([TopicPartition(topic, p, end) for p, end in ends.items()])

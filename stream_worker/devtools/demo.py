@@ -27,8 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.live import Live
@@ -42,6 +41,7 @@ from stream_worker.devtools.replay import publish_events, retimed
 from stream_worker.devtools.synthetic import SyntheticWorld
 from stream_worker.devtools.tail import follow
 from stream_worker.kafka.check import check_kafka, quiet
+from stream_worker.kafka.clients import new_admin, new_producer
 from stream_worker.kafka.local import LocalKafka, free_port
 from stream_worker.kafka.topics import committed_and_end_offsets, ensure_topics, topic_specs
 from stream_worker.trainer.service import train_from_topic
@@ -120,7 +120,7 @@ def run_demo(
 def _delete_topics(settings: Settings, console: Console, timeout_s: float = 30) -> None:
     """Delete this run's topics and wait until the cluster confirms it."""
     topics = [spec.topic for spec in topic_specs(settings)]
-    admin = AdminClient(settings.kafka_common())  # kept alive until the futures are done
+    admin = new_admin(settings)  # kept alive until the futures are done
     futures = admin.delete_topics(topics, operation_timeout=timeout_s)
     left = []
     for topic, future in futures.items():
@@ -254,7 +254,7 @@ def _spawn(settings: Settings, command: str, log_dir: Path) -> subprocess.Popen[
 
 
 def _send_malformed(settings: Settings, n: int) -> None:
-    producer = Producer(settings.kafka_common())
+    producer = new_producer(settings)
     for i in range(n):
         producer.produce(settings.events_topic, b"this is not Avro", f"garbage-{i}".encode())
     producer.flush(10)

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from stream_worker.codec import USER_EVENT, UserEvent, from_user_event, make_codec
 from stream_worker.config import Settings
-from stream_worker.worker.publish import producer_config
+from stream_worker.kafka.clients import new_producer
 
 
 class PublishError(RuntimeError):
@@ -37,7 +37,7 @@ def publish_events(
     event was not acknowledged by the broker.
     """
     codec = make_codec(USER_EVENT, settings.events_topic, settings.schema_registry_url)
-    producer = producer or Producer({**producer_config(settings.kafka_common()), "linger.ms": 20})
+    producer = producer or new_producer(settings, **{"linger.ms": 20})
     failures: list[str] = []
     acknowledged = [0]
 
@@ -121,7 +121,7 @@ def publish_forget(settings: Settings, user_id: str, timeout_s: float = 30.0) ->
     It must land on the partition the user's events use, so it is produced with the same
     partitioner as the events (librdkafka's default; set `partitioner` in STREAMREC_KAFKA_OPTIONS
     to match other producers, e.g. murmur2_random for Java's)."""
-    producer = Producer(producer_config(settings.kafka_common()))
+    producer = new_producer(settings)
     errors: list[KafkaError | None] = []
     producer.produce(settings.events_topic, None, user_id.encode(), on_delivery=lambda err, _m: errors.append(err))
     producer.flush(timeout_s)

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from stream_worker.codec import RECOMMENDATION, DecodeError, make_codec
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import new_reader
 
 
 def follow(
@@ -27,9 +28,7 @@ def follow(
     """Decoded recommendation records, as they arrive on every partition (no group, no commits)."""
     topic = settings.recommendations_topic
     codec = make_codec(RECOMMENDATION, topic, settings.schema_registry_url)
-    consumer = Consumer(
-        {**settings.kafka_common(), "group.id": f"streamrec-tail-{uuid.uuid4()}", "enable.auto.commit": False}
-    )
+    consumer = new_reader(settings, f"streamrec-tail-{uuid.uuid4()}")
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END

@@ -12,9 +12,9 @@ import re
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import new_admin
 
 
 class KafkaLoginError(Exception):
@@ -25,7 +25,7 @@ def check_kafka_login(settings: Settings, timeout_s: float = 15.0) -> None:
     """Return once a broker answered a metadata request with the configured credentials."""
     errors: list[KafkaError] = []
     common = settings.kafka_common()
-    admin = AdminClient({**common, "error_cb": errors.append, "log_level": 0})
+    admin = new_admin(settings, **{"error_cb": errors.append, "log_level": 0})
     deadline = time.monotonic() + timeout_s
     while True:
         admin.poll(0.2)  # serves error_cb: librdkafka reports a refused login only there

@@ -8,7 +8,7 @@ address and the likely fix, instead of librdkafka retrying (and logging) for a m
 
 `quiet` keeps librdkafka's own log out of the terminal unless asked for (`--verbose`);
 `wait_for_kafka` retries for processes that must outlive an outage (the worker), logging once
-a minute; `throttled_error_cb` is the same once-a-minute log as an `error_cb` for long-lived
+a minute; `clients.ThrottledLog` is the same once-a-minute log for long-lived
 clients.
 """
 
@@ -17,13 +17,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import ThrottledLog, new_admin
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
@@ -56,7 +55,7 @@ def check_kafka(settings: Settings, topics: Iterable[str] = (), timeout_s: float
     timeout_s = settings.kafka_check_timeout_s if timeout_s is None else timeout_s
     errors: list[KafkaError] = []
     try:
-        admin = AdminClient({**settings.kafka_common(), "log_level": 0, "error_cb": errors.append})
+        admin = new_admin(settings, **{"log_level": 0, "error_cb": errors.append})
     except KafkaException as exc:
         raise KafkaConfigError(
             f"Kafka refused the client settings: {_reason(exc.args[0])} — fix STREAMREC_KAFKA_OPTIONS "
@@ -89,7 +88,7 @@ def wait_for_kafka(
     """Check until the cluster answers (True) or `stop` is set (False), logging the reason at
     most once every `log_every_s`. A usage error (KafkaConfigError) is raised at once."""
     topics = list(topics)
-    last_logged = -float("inf")
+    throttled = ThrottledLog(log, log_every_s)
     while not stop.is_set():
         try:
             check_kafka(settings, topics)
@@ -97,28 +96,9 @@ def wait_for_kafka(
         except KafkaConfigError:
             raise
         except KafkaUnavailable as exc:
-            if time.monotonic() - last_logged >= log_every_s:
-                log.warning("%s; retrying every %.0f s", exc, retry_s)
-                last_logged = time.monotonic()
+            throttled.warning("unavailable", "%s; retrying every %.0f s", exc, retry_s)
         stop.wait(retry_s)
     return False
-
-
-def throttled_error_cb(log: logging.Logger, every_s: float = 60.0) -> Callable[[KafkaError], None]:
-    """An `error_cb` for a long-lived client: logs the first error and then at most one line
-    per `every_s`, with how many were held back."""
-    state = {"last": -float("inf"), "held": 0}
-
-    def on_error(error: KafkaError) -> None:
-        now = time.monotonic()
-        if now - state["last"] < every_s:
-            state["held"] += 1
-            return
-        more = f" ({state['held']} similar errors in the last minute)" if state["held"] else ""
-        log.warning("Kafka: %s%s", _reason(error), more)
-        state["last"], state["held"] = now, 0
-
-    return on_error
 
 
 def local_port(bootstrap_servers: str) -> int | None:

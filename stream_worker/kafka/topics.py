@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_worker.channel.checkpoint_topic import checkpoints_topic_spec
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import new_admin, new_consumer
 
 
 def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTopic]:
@@ -34,7 +35,7 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTo
 
 def ensure_topics(settings: Settings, partitions: int | None = None, timeout_s: float = 30) -> dict[str, str]:
     """Create missing topics; returns {topic: "created" | "exists"}. Existing topics are left as they are."""
-    admin = AdminClient(settings.kafka_common())
+    admin = new_admin(settings)
     existing = admin.list_topics(timeout=timeout_s).topics
     specs = topic_specs(settings, partitions)
     if settings.events_topic in existing:  # the state topic must match the events topic, whatever was asked
@@ -84,15 +85,14 @@ def committed_and_end_offsets(settings: Settings, timeout_s: float = 10) -> tupl
     """The worker group's committed offsets on the events topic (-1001 = none yet), and the
     topic's end offsets, by partition: the group has caught up when the two are equal."""
     topic = settings.events_topic
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            "group.id": settings.group_id,
-            "enable.auto.commit": False,
+    consumer = new_consumer(
+        settings,
+        settings.group_id,
+        **{
             # read_committed would wait for stable offsets, and under exactly-once a transaction is
             # nearly always open: read the newest commit instead (a progress view, not a guarantee).
             "isolation.level": "read_uncommitted",
-        }
+        },
     )
     try:
         partitions = [

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from models import checkpoint
@@ -47,8 +47,8 @@ from stream_worker import metrics as metrics_module
 from stream_worker.channel.watcher import announce
 from stream_worker.codec import USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import new_producer, new_reader
 from stream_worker.model_input import decay_rate_per_ms, input_rows
-from stream_worker.worker.publish import producer_config
 from stream_worker.worker.state import interaction_weight
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,7 @@ def read_window(settings: Settings, *, since_ms: int, timeout_s: float = 600.0) 
     """Every event on the events topic with a Kafka timestamp >= since_ms, up to the current end."""
     topic = settings.events_topic
     codec = make_codec(USER_EVENT, topic, settings.schema_registry_url)
-    consumer = Consumer(
-        {**settings.kafka_common(), "group.id": f"{settings.group_id}.trainer", "enable.auto.commit": False}
-    )
+    consumer = new_reader(settings, f"{settings.group_id}.trainer")
     window = WindowBuilder()
     try:
         partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
@@ -604,7 +602,13 @@ class Trainer:
         self.metrics = metrics_module.TrainerMetrics(registry or CollectorRegistry())
         self.metrics.build_info.info(metrics_module.build_labels(settings.trainer_model_kind))  # issue 9
         self.stop = threading.Event()
-        self.producer = Producer(producer_config(settings.kafka_common()))  # announces each round
+        self._producer: Producer | None = None  # announces each round; made at the first announcement
+
+    def producer(self) -> Producer:
+        """The announcing producer, made on first use: a trainer that never announces never dials Kafka."""
+        if self._producer is None:
+            self._producer = new_producer(self.settings)
+        return self._producer
 
     def run(self, *, once: bool = False) -> None:
         """A round now, then one every `trainer_interval_s` until `stop` is set (or just one)."""
@@ -653,7 +657,7 @@ class Trainer:
             self.metrics.round_duration.observe(time.perf_counter() - started)
             return trained.path
         announce(
-            self.producer,
+            self.producer(),
             self.settings,
             meta,
             trained.path,

@@ -18,12 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from stream_worker.codec import SINGLE_OBJECT_MAGIC, SingleObjectCodec
 from stream_worker.codec import avro_long as _long
 from stream_worker.codec import avro_string as _string
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import new_reader
 from stream_worker.worker.state import ItemCodes, UserSnapshot, UserState
 
 log = logging.getLogger(__name__)
@@ -149,16 +150,10 @@ def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, 
     todo = set(partitions)
     if not todo:
         return Restored(0, 0, 0.0)
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            # assign() only and no commits, but librdkafka still asks the group's coordinator:
-            # a fixed name, so least-privilege ACLs can allow it (the workers' group prefix does).
-            "group.id": f"{settings.group_id}.restore",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,  # tells us when a partition is read to its end
-            "isolation.level": "read_committed",
-        }
+    consumer = new_reader(
+        settings,
+        f"{settings.group_id}.restore",
+        **{"enable.partition.eof": True, "isolation.level": "read_committed"},  # eof: a partition read to its end
     )
     newest: dict[str, UserSnapshot | None] = {}
     records = foreign = 0

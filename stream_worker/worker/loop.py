@@ -35,7 +35,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import ConfigResource
 from prometheus_client import CollectorRegistry
 
 from models import checkpoint, pick_device
@@ -52,13 +52,14 @@ from stream_worker.codec import (
     to_user_event,
 )
 from stream_worker.config import Settings
+from stream_worker.kafka.clients import ThrottledLog, new_admin, new_consumer, new_producer
 from stream_worker.kafka.stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.worker import changelog
 from stream_worker.worker.batching import MicroBatcher
 from stream_worker.worker.inference import Inference
 from stream_worker.worker.online_eval import OnlineEvaluator
-from stream_worker.worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted, producer_config
+from stream_worker.worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted
 from stream_worker.worker.state import UserState
 
 log = logging.getLogger(__name__)
@@ -67,28 +68,12 @@ log = logging.getLogger(__name__)
 STALL_LIMIT_S = 60.0
 # How often the worker checks that the cluster answers, and how often it says so when not.
 PROBE_INTERVAL_S = 5.0
-LOG_EVERY_S = 60.0
 
 TopicKey = tuple[str, int]
 
 
 class StopIncomplete(Exception):
     """A stop could not get everything acknowledged in time; the uncommitted events will be replayed."""
-
-
-def consumer_config(settings: Settings) -> dict[str, Any]:
-    config = {
-        **settings.kafka_common(),
-        "group.id": settings.group_id,
-        "partition.assignment.strategy": "cooperative-sticky",
-        "enable.auto.commit": False,  # we commit, after the broker acknowledged our output
-        "auto.offset.reset": settings.auto_offset_reset,
-    }
-    if settings.instance_id:
-        # Static membership: a restarted worker with the same id takes its partitions back at
-        # once instead of waiting for the session timeout (and a clean stop does not rebalance).
-        config["group.instance.id"] = settings.instance_id
-    return config
 
 
 class Worker:
@@ -135,7 +120,7 @@ class Worker:
         self._last_turn = time.monotonic()
         self._last_commit = 0.0
         self._commit_waiting = False  # offsets newly acknowledged since the last commit request
-        self._last_logged: dict[str, float] = {}
+        self._throttled = ThrottledLog(log)
         self._fatal: KafkaError | None = None
         self._running = False
         self._broken = False
@@ -370,11 +355,11 @@ class Worker:
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
-                self._log_once_a_minute("commit", "offset commit failed, will retry: %s", exc)
+                self._throttled.warning("commit", "offset commit failed, will retry: %s", exc)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
-            self._log_once_a_minute("commit", "offset commit failed, will retry: %s", err)
+            self._throttled.warning("commit", "offset commit failed, will retry: %s", err)
             return
         for tp in partitions:
             key = (tp.topic, tp.partition)
@@ -503,7 +488,7 @@ class Worker:
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
-        self._log_once_a_minute("consume", "consumer: %s", error)
+        self._throttled.warning("consume", "consumer: %s", error)
 
     def _on_client_error(self, error: KafkaError) -> None:
         """librdkafka's error callback: fatal errors end the loop; the rest are retried by the
@@ -513,7 +498,7 @@ class Worker:
             return
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.kafka_reachable.clear()
-        self._log_once_a_minute(
+        self._throttled.warning(
             "client",
             "Kafka at %s: %s (retrying; uncommitted work is kept)",
             self.settings.bootstrap_servers,
@@ -522,38 +507,34 @@ class Worker:
 
     def _probe_kafka(self) -> None:
         """Every few seconds, ask the cluster for metadata: readiness and `kafka_reachable` follow."""
-        admin = AdminClient(self._client_config(self.settings.kafka_common()))
+        admin = new_admin(self.settings, **self._client_options())
         while not self.stop.is_set():
             try:
                 admin.list_topics(timeout=PROBE_INTERVAL_S)
                 self.kafka_reachable.set()
             except KafkaException as exc:
                 self.kafka_reachable.clear()
-                self._log_once_a_minute(
+                self._throttled.warning(
                     "probe", "cannot reach Kafka at %s: %s; still retrying", self.settings.bootstrap_servers, exc
                 )
             self.metrics.kafka_reachable.set(float(self.kafka_reachable.is_set()))
             self.stop.wait(PROBE_INTERVAL_S)
 
-    def _log_once_a_minute(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_logged.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._last_logged[kind] = now
-            log.warning(message, *args)
-
     # --- clients (overridden by unit tests with fakes) ----------------------------------------
 
-    def _client_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {**config, "error_cb": self._on_client_error, "logger": logging.getLogger("librdkafka")}
+    def _client_options(self) -> dict[str, Any]:
+        """Every client of the worker reports errors through `_on_client_error` and logs through Python logging."""
+        return {"error_cb": self._on_client_error, "logger": logging.getLogger("librdkafka")}
 
     def _new_producer(self) -> Producer:
-        config = self._client_config(producer_config(self.settings.kafka_common()))
+        overrides = self._client_options()
         if self.exactly_once:
             # One transactional id per live worker; zombies are fenced by the group generation
             # that send_offsets_to_transaction carries (KIP-447), so a fresh id per start is fine.
-            config["transactional.id"] = f"{self.settings.group_id}.{self.settings.instance_id or uuid.uuid4().hex}"
-            config.pop("message.timeout.ms")  # must not exceed transaction.timeout.ms; the default does
-        return Producer(config)
+            overrides["transactional.id"] = f"{self.settings.group_id}.{self.settings.instance_id or uuid.uuid4().hex}"
+            # message.timeout.ms must not exceed transaction.timeout.ms; librdkafka's default follows it.
+            overrides["message.timeout.ms"] = None
+        return new_producer(self.settings, **overrides)
 
     def _init_transactions(self) -> None:
         """Exactly-once start-up: fence an older producer with our id, retrying while the broker is away."""
@@ -564,11 +545,21 @@ class Worker:
             except KafkaException as exc:
                 if not exc.args[0].retriable():
                     raise
-                self._log_once_a_minute("txn", "cannot initialise transactions yet (%s); retrying", exc)
+                self._throttled.warning("txn", "cannot initialise transactions yet (%s); retrying", exc)
 
     def _new_consumer(self) -> Consumer:
-        config = {**self._client_config(consumer_config(self.settings)), "on_commit": self._on_commit}
-        return Consumer({**config, **self.consumer_stats.consumer_options()})  # lag and assignment metrics
+        overrides = {
+            **self._client_options(),
+            "on_commit": self._on_commit,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "auto.offset.reset": self.settings.auto_offset_reset,
+            **self.consumer_stats.consumer_options(),  # lag and assignment metrics
+        }
+        if self.settings.instance_id:
+            # Static membership: a restarted worker with the same id takes its partitions back at
+            # once instead of waiting for the session timeout (and a clean stop does not rebalance).
+            overrides["group.instance.id"] = self.settings.instance_id
+        return new_consumer(self.settings, self.settings.group_id, **overrides)
 
     def _new_watcher(self) -> ModelWatcher:
         return ModelWatcher(
@@ -587,7 +578,7 @@ class Worker:
         """The DLQ topic's max.message.bytes (capped by the producer's own default limit)."""
         resource = ConfigResource(ConfigResource.Type.TOPIC, self.settings.dlq_topic)
         try:
-            admin = AdminClient(self._client_config(self.settings.kafka_common()))
+            admin = new_admin(self.settings, **self._client_options())
             configs = admin.describe_configs([resource], request_timeout=5)[resource].result(timeout=5)
             return min(int(configs["max.message.bytes"].value), DEFAULT_MESSAGE_MAX_BYTES)
         except Exception as exc:  # broker away or topic missing: the default, lowered on refusal

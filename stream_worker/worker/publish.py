@@ -51,20 +51,6 @@ RETRY_BACKOFF_S = 1.0
 _SIZE_ERRORS = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
 
 
-def producer_config(common: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
-    return {
-        **common,
-        "enable.idempotence": True,  # acks=all, no duplicates or reordering from retries
-        # A flush produces its records in one burst, which batches by itself; waiting longer
-        # for more would only add to every list's latency.
-        "linger.ms": 1,
-        "compression.type": "lz4",
-        # Retry for as long as the broker is away: an outage of any length is waited out, and
-        # the offsets behind unacknowledged records are simply not committed meanwhile.
-        "message.timeout.ms": 0,
-    }
-
-
 class TransactionAborted(Exception):
     """Exactly-once: the transaction was aborted; nothing of it is visible, the caller must rewind."""
 

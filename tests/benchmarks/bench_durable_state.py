@@ -16,17 +16,17 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
 from stream_worker.config import load_settings, topics_under
 from stream_worker.devtools.replay import publish_events
 from stream_worker.devtools.synthetic import SyntheticWorld
+from stream_worker.kafka.clients import new_producer
 from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
 from stream_worker.kafka.topics import committed_and_end_offsets, ensure_topics
 from stream_worker.worker import changelog
 from stream_worker.worker.loop import Worker
-from stream_worker.worker.publish import producer_config
 from stream_worker.worker.state import UserSnapshot, UserState
 from tests.integration.kafka_helpers import train_synthetic_model
 
@@ -66,7 +66,7 @@ def restore_rate(bootstrap: str, n_users: int, recent: int) -> tuple[float, floa
     run = uuid.uuid4().hex[:8]
     settings = load_settings(bootstrap_servers=bootstrap, **topics_under(f"r{run}"), group_id=f"r{run}")
     ensure_topics(settings, partitions=3)
-    producer = Producer({**producer_config(settings.kafka_common()), "linger.ms": 50})
+    producer = new_producer(settings, **{"linger.ms": 50})
     rng = np.random.default_rng(0)
     for u in range(n_users):
         snap = UserSnapshot(

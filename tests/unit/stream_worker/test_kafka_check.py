@@ -12,8 +12,8 @@ from stream_worker.kafka.check import (
     check_kafka,
     local_port,
     quiet,
-    throttled_error_cb,
 )
+from stream_worker.kafka.clients import ThrottledLog
 
 
 def test_local_port_only_for_this_machine():
@@ -57,9 +57,18 @@ def test_reason_drops_the_broker_prefix_and_state_suffix():
     assert _reason(error) == "SASL authentication error: wrong password"
 
 
-def test_throttled_error_cb_logs_once_per_period(caplog):
-    on_error = throttled_error_cb(logging.getLogger("t"), every_s=3600)
+def test_throttled_log_logs_once_per_period_per_kind(caplog, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("stream_worker.kafka.clients.time.monotonic", lambda: now[0])
+    throttled = ThrottledLog(logging.getLogger("t"), every_s=60)
     with caplog.at_level(logging.WARNING):
         for _ in range(50):
-            on_error(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:1/bootstrap: Connect failed"))
-    assert len(caplog.records) == 1
+            throttled.warning("client", "Connect failed")
+        throttled.warning("commit", "commit failed")  # another kind is not held back by the first
+        now[0] += 61
+        throttled.warning("client", "Connect failed")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Connect failed",
+        "commit failed",
+        "Connect failed (49 similar since the last line)",
+    ]
