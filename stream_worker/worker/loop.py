@@ -57,9 +57,10 @@ from stream_worker.kafka.stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.worker import changelog
 from stream_worker.worker.batching import MicroBatcher
+from stream_worker.worker.commit import make_strategy
 from stream_worker.worker.inference import Inference
 from stream_worker.worker.online_eval import OnlineEvaluator
-from stream_worker.worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher, TransactionAborted
+from stream_worker.worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher
 from stream_worker.worker.state import UserState
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,9 @@ class Worker:
         )
         # Consumed since the last flush: (topic, partition) -> the next offset to read.
         self.pending_offsets: dict[TopicKey, int] = {}
-        # Acknowledged and not yet known to be committed (a failed commit is repeated).
-        self.acked_offsets: dict[TopicKey, int] = {}
         self.assigned: set[TopicKey] = set()
         self.exactly_once = settings.processing_guarantee == "exactly-once"
         self.restoring = False
-        self._transaction_due = False  # exactly-once: a flush waits for its transaction to commit
         self.kafka_reachable = threading.Event()
         self.metrics.model_version.set(loaded.metadata.version)
         self._loaded = loaded
@@ -118,8 +116,6 @@ class Worker:
         self.metrics.build_info.info(metrics_module.build_labels(loaded.metadata.kind))
         self.consumer_stats = ConsumerStats(self.metrics, settings.kafka_stats_interval_ms)
         self._last_turn = time.monotonic()
-        self._last_commit = 0.0
-        self._commit_waiting = False  # offsets newly acknowledged since the last commit request
         self._throttled = ThrottledLog(log)
         self._fatal: KafkaError | None = None
         self._running = False
@@ -185,6 +181,14 @@ class Worker:
             self._init_transactions()
         self.consumer = self._new_consumer()
         resources.callback(self.consumer.close)  # leaves the group; runs after the final flush
+        self.commit = make_strategy(
+            self.exactly_once,
+            producer=self.producer,
+            consumer=self.consumer,
+            publisher=self.publisher,
+            commit_interval_s=settings.commit_interval_ms / 1000,
+            rewind=self._rewind,
+        )
         self.watcher = self._new_watcher()
         resources.callback(self.watcher.close)
         self.metrics.model_watcher_alive.set_function(lambda: float(self.watcher.alive()))
@@ -226,13 +230,10 @@ class Worker:
             raise KafkaException(self._fatal)
         # A newly announced model takes over between batches, never inside one.
         self._swap_model_if_announced()
-        # Acknowledgements that arrived complete earlier flushes: commit their offsets.
+        # Step 5. acknowledgements that arrived complete earlier flushes: commit their offsets.
         self.publisher.poll()
-        if self.exactly_once:
-            if self._transaction_due and not self._commit_transaction(timeout_s=1.0):
-                return  # the broker has not confirmed the transaction yet: take nothing new
-        else:
-            self._commit_acknowledged()
+        if not self.commit.due():
+            return  # exactly-once: the broker has not confirmed the transaction yet; take nothing new
         if self.publisher.in_flight >= self.settings.max_in_flight_records:
             self.publisher.poll(0.1)  # the broker is slow or away: let it catch up before taking more
             return
@@ -336,45 +337,7 @@ class Worker:
         # for the offsets consumed since then; they are committed once it is all acknowledged.
         self.publisher.seal(self.pending_offsets)
         self.pending_offsets = {}
-        if self.exactly_once:  # lists, state and offsets become visible together, or not at all
-            self._transaction_due = True
-            self._commit_transaction(timeout_s=1.0)
-
-    def _commit_acknowledged(self) -> None:
-        """Step 5. commit the offsets of flushes the broker has fully acknowledged (asynchronously,
-        at most every commit_interval_ms; a failed commit is repeated at least once a second)."""
-        newly = self.publisher.committable()
-        self.acked_offsets.update(newly)
-        self._commit_waiting |= bool(newly)
-        # New offsets are committed every commit_interval_ms; a failed commit is retried once a second.
-        interval = self.settings.commit_interval_ms / 1000 if self._commit_waiting else 1.0
-        if self.acked_offsets and time.monotonic() - self._last_commit >= interval:
-            self._last_commit = time.monotonic()
-            self._commit_waiting = False
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self.acked_offsets.items()]
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:
-                self._throttled.warning("commit", "offset commit failed, will retry: %s", exc)
-
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None:
-            self._throttled.warning("commit", "offset commit failed, will retry: %s", err)
-            return
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            if self.acked_offsets.get(key) == tp.offset:
-                del self.acked_offsets[key]
-
-    def _commit_transaction(self, timeout_s: float) -> bool:
-        """Step 5 (exactly-once). Returns True once committed; an abort rewinds to the committed offsets."""
-        try:
-            if self.publisher.commit_transaction(self.consumer.consumer_group_metadata(), timeout_s):
-                self._transaction_due = False
-        except TransactionAborted as exc:
-            self._transaction_due = False
-            self._rewind(str(exc))
-        return not self._transaction_due
+        self.commit.flushed()  # exactly-once: lists, state and offsets become visible together, or not at all
 
     def _rewind(self, why: str) -> None:
         """Exactly-once after an abort: none of the transaction happened, so drop what the state
@@ -395,22 +358,7 @@ class Worker:
         """Flush what is held, wait (up to flush_timeout_s) for every acknowledgement, then commit
         synchronously. Returns False if something stayed unacknowledged (it is not committed)."""
         self._flush()
-        if self.exactly_once:
-            deadline = time.monotonic() + self.settings.flush_timeout_s
-            while self._transaction_due and time.monotonic() < deadline:
-                self._commit_transaction(timeout_s=1.0)
-            return not self._transaction_due
-        done = self.publisher.wait_all(self.settings.flush_timeout_s)
-        self.acked_offsets.update(self.publisher.committable())
-        if self.acked_offsets:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self.acked_offsets.items()]
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-                self.acked_offsets.clear()
-            except KafkaException as exc:
-                # The work is published; a lost commit only means replay (at-least-once).
-                log.warning("offset commit failed: %s; those events may be replayed", exc)
-        return done
+        return self.commit.finish(self.settings.flush_timeout_s)
 
     def _swap_model_if_announced(self) -> None:
         loaded = self.watcher.take()
@@ -474,11 +422,11 @@ class Worker:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions left this worker: nothing of theirs is committed or written from here any more."""
-        self.publisher.drop_partitions({(tp.topic, tp.partition) for tp in partitions})
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self.publisher.drop_partitions(keys)
+        self.commit.forget(keys)
+        for key in keys:
             self.pending_offsets.pop(key, None)
-            self.acked_offsets.pop(key, None)
             self.assigned.discard(key)
         dropped = self.state.forget_partitions({tp.partition for tp in partitions})
         self.batcher.discard(dropped)
@@ -550,7 +498,7 @@ class Worker:
     def _new_consumer(self) -> Consumer:
         overrides = {
             **self._client_options(),
-            "on_commit": self._on_commit,
+            "on_commit": lambda err, partitions: self.commit.on_commit(err, partitions),
             "partition.assignment.strategy": "cooperative-sticky",
             "auto.offset.reset": self.settings.auto_offset_reset,
             **self.consumer_stats.consumer_options(),  # lag and assignment metrics

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_worker.codec import Codec
 from stream_worker.metrics import WorkerMetrics
@@ -49,10 +49,6 @@ DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's own default limit for one 
 _RECORD_OVERHEAD = 512  # bytes a record's framing may add beyond key, value and headers
 RETRY_BACKOFF_S = 1.0
 _SIZE_ERRORS = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
-
-
-class TransactionAborted(Exception):
-    """Exactly-once: the transaction was aborted; nothing of it is visible, the caller must rewind."""
 
 
 @dataclass
@@ -103,8 +99,8 @@ class Publisher:
         self._state_topic = state_topic
         self._changelog = changelog.ChangelogEncoder(source_topic)
         self.transactional = transactional
-        self._in_transaction = False
-        self._offsets_sent = False
+        # Called before every produce; the transactional commit strategy begins its transaction there.
+        self.before_produce: Callable[[], None] | None = None
         self._metrics = metrics
         self.dlq_max_bytes = dlq_max_bytes
         self._clock = clock
@@ -191,43 +187,20 @@ class Publisher:
             self.poll(min(0.1, remaining))
         return True
 
-    def commit_transaction(self, group_metadata: object, timeout_s: float) -> bool:
-        """Exactly-once: commit everything produced and the sealed flushes' offsets in one transaction.
-
-        True when committed (the sealed flushes are done); False when the broker did not answer in
-        time (call again: nothing is lost); TransactionAborted when it had to be aborted."""
+    def sealed_offsets(self) -> dict[tuple[str, int], int]:
+        """Exactly-once: the offsets the sealed flushes answer for, newest per partition."""
         offsets: dict[tuple[str, int], int] = {}
         for flush in self._sealed:
             offsets.update(flush.offsets)
-        self._begin()
-        try:
-            if offsets and not self._offsets_sent:
-                partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                self._producer.send_offsets_to_transaction(partitions, group_metadata, timeout_s)
-                self._offsets_sent = True
-            self._producer.commit_transaction(timeout_s)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                self._producer.abort_transaction(max(timeout_s, 30))
-                self.reset()
-                raise TransactionAborted(f"transaction aborted: {error.str()}") from exc
-            if error.retriable():
-                return False
-            raise
-        self._in_transaction = self._offsets_sent = False
+        return offsets
+
+    def committed(self) -> None:
+        """Exactly-once: the transaction holding the sealed flushes committed; they are done."""
         self._sealed.clear()
-        return True
 
     def reset(self) -> None:
         """Forget every flush (after an aborted transaction: none of it happened)."""
         self._open, self._sealed = Flush(), deque()
-        self._in_transaction = self._offsets_sent = False
-
-    def _begin(self) -> None:
-        if self.transactional and not self._in_transaction:
-            self._producer.begin_transaction()
-            self._in_transaction = True
 
     def drop_partitions(self, partitions: set[tuple[str, int]]) -> None:
         """Partitions lost to another worker: never commit their offsets from here."""
@@ -249,7 +222,8 @@ class Publisher:
 
     def _produce(self, flush: Flush, record: _Record) -> None:
         flush.outstanding += 1  # counted until acknowledged; a refusal keeps it counted
-        self._begin()
+        if self.before_produce is not None:
+            self.before_produce()  # exactly-once: Step 1, the transaction begins
         while True:
             try:
                 self._producer.produce(

@@ -176,12 +176,14 @@ def test_acknowledged_offsets_are_committed_at_most_every_commit_interval(worker
     import time as real_time
     from types import SimpleNamespace
 
+    import stream_worker.worker.commit as commit_module
     import stream_worker.worker.loop as app_module
 
     now = [1000.0]
     clock = SimpleNamespace(monotonic=lambda: now[0], perf_counter=real_time.perf_counter, time=real_time.time)
     monkeypatch.setattr(app_module, "time", clock)
-    worker.settings = worker.settings.model_copy(update={"commit_interval_ms": 100})
+    monkeypatch.setattr(commit_module, "time", clock)
+    worker.commit.interval_s = 0.1  # STREAMREC_COMMIT_INTERVAL_MS=100
     producer, consumer = worker.fake_producer, worker.fake_consumer
     consumer.queue = [event(0, 0, "a")]
     turns(worker)
