@@ -1,5 +1,6 @@
 """Every overlay renders; core kinds validate against Kubernetes' schemas, custom ones against the
-CRDs in ../shared/k8s-crds; checkov finds nothing; and the properties the README promises hold."""
+CRDs in ../shared/k8s-crds; checkov finds nothing; and the properties that
+docs/operations/kubernetes.md promises hold."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from stream_worker.config import Settings
-from tests.deploy.conftest import CRDS, DEPLOY, OVERLAYS, REPO_ROOT, checkov_path, run
+from tests.deploy.conftest import CRDS, DEPLOY, OVERLAYS, REPO_ROOT, checkov_path, kustomize_command, run
 
 CUSTOM_GROUPS = ("keda.sh", "kafka.strimzi.io", "monitoring.coreos.com")
 # Every STREAMREC_* name the deployment sets is a real setting.
@@ -113,12 +114,38 @@ def test_the_crd_check_refuses_an_old_strimzi_field():
     assert not jsonschema.Draft7Validator(schema).is_valid({**topic, "spec": {"partition": 3}})
 
 
-def test_checkov_passes_every_rendered_overlay_and_the_dockerfile(rendered, tmp_path):
-    """One checkov run over the three rendered overlays and the Dockerfile: no failed check, and
-    every skipped check carries its reason inline."""
+# Folders an operator may render (or a scanner may find) on their own, outside an overlay.
+COMPONENTS = ("grafana", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def components() -> dict[str, str]:
+    """deploy/grafana and deploy/prometheus, each rendered on its own by kustomize."""
+    command = kustomize_command()
+    out = {}
+    for component in COMPONENTS:
+        result = run([*command, str(DEPLOY / component)])
+        assert result.returncode == 0, f"kustomize could not render deploy/{component}:\n{result.stderr}"
+        out[component] = result.stdout
+    return out
+
+
+def test_components_rendered_on_their_own_use_the_streamrec_namespace(components):
+    for component, text in components.items():
+        for resource in (doc for doc in yaml.safe_load_all(text) if doc):
+            where = f"deploy/{component}: {resource['kind']} {resource['metadata']['name']}"
+            assert resource["metadata"].get("namespace") == "streamrec", f"{where} has no namespace streamrec"
+
+
+def test_checkov_passes_every_rendered_overlay_and_the_dockerfile(rendered, components, tmp_path):
+    """One checkov run over the three rendered overlays, the dashboard and alert folders rendered
+    on their own, and the Dockerfile: no failed check, and every skipped check carries its reason
+    inline."""
     checkov = checkov_path()
     for overlay, text in rendered.items():
         (tmp_path / f"{overlay}.yaml").write_text(text)
+    for component, text in components.items():
+        (tmp_path / f"component-{component}.yaml").write_text(text)
     (tmp_path / "Dockerfile").write_text((DEPLOY / "image" / "Dockerfile").read_text())
     result = run(
         # --skip-download: nothing fetched from checkov's vendor (no network in CI, no calls home)
@@ -139,7 +166,7 @@ def test_checkov_passes_every_rendered_overlay_and_the_dockerfile(rendered, tmp_
             assert len(reason) > 20, f"checkov skip {skipped['check_id']} on {skipped['resource']} has no reason"
 
 
-# --- what the README promises about the manifests --------------------------------------------
+# --- what docs/operations/kubernetes.md promises about the manifests -----------------------
 
 
 # The workers are a StatefulSet (stable pod names = static group membership ids), the trainer a Deployment.
