@@ -189,7 +189,7 @@ class Settings(BaseSettings):
         description="Start training from the serving model's weights (Mult-VAE/DAE: mapped onto the new catalog); "
         "pays off only with fewer STREAMREC_TRAINER_EPOCHS",
     )
-    # --- operations (issue 9) ------------------------------------------------------------
+    # --- operations ------------------------------------------------------------
     kafka_stats_interval_ms: int = Field(
         5000, ge=0, description="How often the worker's consumer reports lag and assignment to /metrics; 0 = off"
     )

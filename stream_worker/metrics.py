@@ -202,7 +202,7 @@ class WorkerMetrics:
         for reason in MODEL_UPDATE_REJECTIONS:
             self.model_updates_rejected.labels(reason)
 
-        # --- operations (issue 9): the consumer's view of its group, the process, the build ---
+        # --- operations: the consumer's view of its group, the process, the build ---
         self.consumer_lag = Gauge(
             "consumer_lag_messages",
             "Messages between the group's committed offset and the end of each partition this worker is "
@@ -279,12 +279,12 @@ class TrainerMetrics:
         )
         for result in ("promoted", "rejected"):
             self.rounds.labels(result)
-        # --- operations (issue 9) ---
+        # --- operations ---
         self.build_info = build_info(registry)
         register_process_metrics(registry)
 
 
-# --- operations (issue 9) ---------------------------------------------------------------
+# --- operations ---------------------------------------------------------------
 
 
 def build_info(registry: CollectorRegistry) -> Info:

@@ -600,7 +600,7 @@ class Trainer:
         if settings.trainer_torch_threads:
             torch.set_num_threads(settings.trainer_torch_threads)
         self.metrics = metrics_module.TrainerMetrics(registry or CollectorRegistry())
-        self.metrics.build_info.info(metrics_module.build_labels(settings.trainer_model_kind))  # issue 9
+        self.metrics.build_info.info(metrics_module.build_labels(settings.trainer_model_kind))
         self.stop = threading.Event()
         self._producer: Producer | None = None  # announces each round; made at the first announcement
 

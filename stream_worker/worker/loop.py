@@ -112,7 +112,7 @@ class Worker:
         self.kafka_reachable = threading.Event()
         self.metrics.model_version.set(loaded.metadata.version)
         self._loaded = loaded
-        # --- operations (issue 9): build info, and lag/assignment/rebalances from librdkafka's statistics
+        # --- operations: build info, and lag/assignment/rebalances from librdkafka's statistics
         self.metrics.build_info.info(metrics_module.build_labels(loaded.metadata.kind))
         self.consumer_stats = ConsumerStats(self.metrics, settings.kafka_stats_interval_ms)
         self._last_turn = time.monotonic()

@@ -111,19 +111,6 @@ def test_pages_name_their_hardware_and_no_issue_numbers(page: Path):
     assert not issues, f"{page.relative_to(REPO)}: issue numbers mean nothing to a reader of the repository: {issues}"
 
 
-# Comments in the code that still cite an issue number, as they were when this test was written
-# (text with runs of dashes and spaces collapsed; the files they are in are being moved). None
-# may be added; remove an entry when its comment goes.
-KNOWN_ISSUE_COMMENTS = Counter(
-    {
-        "operations (issue 9)": 3,
-        "operations (issue 9): the consumer's view of its group, the process, the build": 1,
-        "operations (issue 9): build info, and lag/assignment/rebalances from librdkafka's statistics": 1,
-        "issue 9": 1,
-    }
-)
-
-
 def issue_comments() -> Counter[str]:
     found: Counter[str] = Counter()
     for package in ("stream_worker", "models"):
@@ -138,5 +125,7 @@ def issue_comments() -> Counter[str]:
 
 
 def test_code_comments_add_no_issue_numbers():
-    new = issue_comments() - KNOWN_ISSUE_COMMENTS
-    assert not new, f"comments in stream_worker/ or models/ cite issue numbers; say what the code does instead: {new}"
+    found = issue_comments()
+    assert not found, (
+        f"comments in stream_worker/ or models/ cite issue numbers; say what the code does instead: {found}"
+    )

@@ -1,15 +1,15 @@
-"""docs/configuration.md is what `python -m stream_worker.config_docs` makes from the settings."""
+"""docs/configuration.md is what `python -m stream_worker.devtools.config_docs` makes from the settings."""
 
 from __future__ import annotations
 
-from stream_worker import config_docs
+from stream_worker.devtools import config_docs
 from stream_worker.config import ENV_PREFIX, OTHER_VARIABLES, Settings
 
 
 def test_the_committed_configuration_page_is_the_generated_one():
     committed = config_docs.DOC.read_text()
     assert committed == config_docs.render(), (
-        "docs/configuration.md is out of date with stream_worker/config.py: run `python -m stream_worker.config_docs`"
+        "docs/configuration.md is out of date with stream_worker/config.py: run `make docs`"
     )
 
 

@@ -1,4 +1,4 @@
-"""docs/configuration.md, generated from the settings: `python -m stream_worker.config_docs`.
+"""docs/configuration.md, generated from the settings: `python -m stream_worker.devtools.config_docs`.
 
 Every field of `stream_worker.config.Settings` becomes one row (variable, type, default,
 description), grouped by the `# --- section ---` comments of the class body, so a new field lands
@@ -26,7 +26,7 @@ DOC = Path(config.__file__).resolve().parents[1] / "docs" / "configuration.md"
 INTRO = """\
 # Configuration
 
-<!-- Generated from stream_worker/config.py by `python -m stream_worker.config_docs` (`make docs`); do not edit. -->
+<!-- Generated from stream_worker/config.py by `make docs`; do not edit. -->
 
 Every setting is an environment variable (prefix `STREAMREC_`); command-line options override them.
 A bad value, or a `STREAMREC_` variable that is not a setting, stops start-up with one sentence
@@ -128,14 +128,16 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_worker.config_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stream_worker.devtools.config_docs", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed page is out of date")
     parser.add_argument("--out", type=Path, default=DOC, help=f"where to write (default {DOC})")
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         if not args.out.is_file() or args.out.read_text() != text:
-            fix = "run `python -m stream_worker.config_docs` (`make docs`) and commit the page"
+            fix = "run `python -m stream_worker.devtools.config_docs` (`make docs`) and commit the page"
             print(f"{args.out} is out of date with stream_worker/config.py; {fix}.", file=sys.stderr)
             return 1
         return 0
