@@ -329,7 +329,7 @@ def train(
     from models.report import format_metrics
 
     if from_topic:
-        from stream_worker.trainer.service import train_from_topic
+        from stream_worker.trainer.round import train_from_topic
 
         settings = _settings(
             verbose, bootstrap_servers=bootstrap_servers, trainer_model_kind=kind, trainer_epochs=epochs, model_dir=out

@@ -44,7 +44,7 @@ from stream_worker.kafka.check import check_kafka, quiet
 from stream_worker.kafka.clients import new_admin, new_producer
 from stream_worker.kafka.local import LocalKafka, free_port
 from stream_worker.kafka.topics import committed_and_end_offsets, ensure_topics, topic_specs
-from stream_worker.trainer.service import train_from_topic
+from stream_worker.trainer.round import train_from_topic
 
 HISTORY_EVENTS = 40_000
 N_USERS, N_ITEMS = 2_000, 1_000

@@ -28,7 +28,8 @@ from stream_worker.codec import USER_EVENT, from_user_event, make_codec, to_user
 from stream_worker.codec import UserEvent as Event
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
 from stream_worker.model_input import decay_rate_per_ms
-from stream_worker.trainer.service import WindowBuilder, reindex_columns, temporal_split
+from stream_worker.trainer.split import reindex_columns, temporal_split
+from stream_worker.trainer.window import WindowBuilder
 from stream_worker.worker.state import interaction_weight
 
 CHUNK = 1000

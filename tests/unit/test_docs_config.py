@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stream_worker.devtools import config_docs
 from stream_worker.config import ENV_PREFIX, OTHER_VARIABLES, Settings
+from stream_worker.devtools import config_docs
 
 
 def test_the_committed_configuration_page_is_the_generated_one():

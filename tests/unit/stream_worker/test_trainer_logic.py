@@ -7,16 +7,11 @@ import torch
 
 from models.baselines import Popularity
 from stream_worker.config import Settings
-from stream_worker.trainer.service import (
-    ANNEAL_EPOCHS,
-    Trainer,
-    WindowBuilder,
-    decide,
-    next_round_in,
-    ranked_quality,
-    served_overrides,
-    temporal_split,
-)
+from stream_worker.trainer.compare import decide, ranked_quality
+from stream_worker.trainer.fit import ANNEAL_EPOCHS, served_overrides
+from stream_worker.trainer.service import Trainer, next_round_in
+from stream_worker.trainer.split import temporal_split
+from stream_worker.trainer.window import WindowBuilder
 
 
 def window_of(rows: list[tuple[str, str, int]]):
@@ -101,7 +96,7 @@ def test_served_mult_vae_anneals_over_the_evaluated_number_of_epochs_at_any_size
 def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
     from models.checkpoint import CheckpointMetadata, LoadedModel
     from models.multvae import MultVAE, MultVAEConfig
-    from stream_worker.trainer.service import warm_tensors
+    from stream_worker.trainer.fit import warm_tensors
 
     config = MultVAEConfig(hidden_dim=8, latent_dim=4)
     serving = MultVAE(3, config)
@@ -121,7 +116,7 @@ def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
 def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_slice(monkeypatch):
     from models.train import train_model as real_train_model
     from stream_worker.devtools.synthetic import SyntheticWorld
-    from stream_worker.trainer.service import choose_epochs
+    from stream_worker.trainer.fit import choose_epochs
 
     world = SyntheticWorld(n_users=60, n_items=150, seed=3)
     events = list(world.events(4000, seed=1, start_ms=1_700_000_000_000))
@@ -135,7 +130,7 @@ def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_
         trained_epochs.append(len(report.curve))
         return model, report
 
-    monkeypatch.setattr("stream_worker.trainer.service.train_model", recording_train_model)
+    monkeypatch.setattr("stream_worker.trainer.fit.train_model", recording_train_model)
     epochs = choose_epochs(settings, w, split.cutoff_ms, w.item_ids, served_overrides("multvae", 48), None)
     assert epochs is not None and epochs >= 1
     assert trained_epochs == [epochs + 10], "stops PATIENCE epochs after the best one, far below the default 200"
