@@ -144,7 +144,7 @@ def _serve(settings: Settings, version: int, *, action: str, reason: str) -> Non
 
 def announce_version(settings: Settings, meta: CheckpointMetadata, path: Path, *, action: str) -> None:
 
-    from stream_worker.channel.watcher import announce
+    from stream_worker.channel.announce import announce
 
     training = meta.training
     window = (training["window_start_ms"], training["window_end_ms"]) if "window_start_ms" in training else None

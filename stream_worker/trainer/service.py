@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from models.base import Recommender
 from stream_worker import metrics as metrics_module
-from stream_worker.channel.watcher import announce
+from stream_worker.channel.announce import announce
 from stream_worker.config import Settings
 from stream_worker.kafka.clients import new_producer
 from stream_worker.trainer.round import train_from_topic

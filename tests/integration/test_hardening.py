@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from models import checkpoint
 from models.base import REGISTRY
-from stream_worker.channel.watcher import announce
+from stream_worker.channel.announce import announce
 from stream_worker.codec import MODEL_UPDATE, make_codec
 from stream_worker.devtools.replay import publish_events
 from stream_worker.devtools.synthetic import SyntheticWorld

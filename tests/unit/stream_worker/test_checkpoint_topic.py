@@ -61,7 +61,7 @@ def test_the_sasl_broker_stores_scram_users_at_format_time_and_logs_in_as_the_fi
 
 
 def test_the_watcher_refuses_a_kafka_uri_on_another_topic_and_fetches_nothing_for_a_stale_version(tmp_path):
-    from stream_worker.channel.watcher import Limits, Rejected, fetched_from_kafka
+    from stream_worker.channel.verify import Limits, Rejected, fetched_from_kafka
 
     settings = load_settings()
     limits = Limits(root=tmp_path, max_weights_bytes=1 << 30, min_item_overlap=0.5, max_version_jump=1000)

@@ -11,7 +11,7 @@ import pytest
 
 from models import checkpoint
 from models.base import REGISTRY
-from stream_worker.channel.watcher import Limits, Rejected, verify
+from stream_worker.channel.verify import Limits, Rejected, verify
 
 ITEMS = [f"i{n}" for n in range(40)]
 
