@@ -76,6 +76,8 @@ class LoadedModel:
 class CheckpointError(Exception):
     """A checkpoint folder is missing, incomplete or inconsistent."""
 
+    exit_code = 2  # the command line exits with it: a usage error
+
 
 def version_dir(model_dir: Path, version: int) -> Path:
     return Path(model_dir) / f"v{version:06d}"

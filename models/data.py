@@ -31,6 +31,8 @@ CHUNK_BYTES = 64 * 2**20
 class RatingsFileError(ValueError):
     """A ratings file that cannot be read; the message names the file (and line) and the formats."""
 
+    exit_code = 2  # the command line exits with it: a usage error
+
 
 FORMATS = (
     "expected u.data (user<TAB>item<TAB>rating<TAB>timestamp), ratings.dat (user::item::rating::timestamp) "

@@ -33,6 +33,8 @@ DEFAULT_EVENT_WEIGHTS = {
 class ConfigError(Exception):
     """A setting is missing or invalid; the message says which and what to do."""
 
+    exit_code = 2  # the command line exits with it: a usage error
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")

@@ -24,9 +24,9 @@ def publish(
 ) -> None:
     """Publish a checkpoint folder to the checkpoints topic and print its kafka:// URI."""
     from stream_worker.channel.checkpoint_topic import publish_checkpoint
-    from stream_worker.cli.app import _settings
+    from stream_worker.cli.common import cli_settings
 
-    settings = _settings()
+    settings = cli_settings()
     uri = _or_fail(lambda: publish_checkpoint(settings, folder))
     typer.echo(uri)
 
@@ -44,11 +44,11 @@ def fetch(
     streamrec checkpoints fetch --name multvae --to /models && streamrec worker --model /models/multvae
     """
     from stream_worker.channel.checkpoint_topic import fetch_checkpoint, newest_uri
-    from stream_worker.cli.app import _fail, _settings, console
+    from stream_worker.cli.common import cli_settings, console, fail
 
-    settings = _settings()
+    settings = cli_settings()
     if (name is None) == (uri is None):
-        _fail("give exactly one of --name NAME (the newest version) or --uri kafka://...", 2)
+        fail("give exactly one of --name NAME (the newest version) or --uri kafka://...", 2)
     if uri is None:
         uri = _or_fail(lambda: newest_uri(settings, str(name)))
         if uri is None:
@@ -56,7 +56,7 @@ def fetch(
             if missing_ok:
                 console.print(message)
                 return
-            _fail(f"{message}; publish one with `streamrec checkpoints publish FOLDER`", 1)
+            fail(f"{message}; publish one with `streamrec checkpoints publish FOLDER`", 1)
     folder = _or_fail(
         lambda: fetch_checkpoint(
             settings, uri, to, expected_weights_sha256=sha256, timeout_s=settings.checkpoint_fetch_timeout_s
@@ -69,9 +69,9 @@ def fetch(
 def list_checkpoints() -> None:
     """Every checkpoint on the topic: URI, weights size and SHA-256."""
     from stream_worker.channel.checkpoint_topic import checkpoint_uri, read_manifests
-    from stream_worker.cli.app import _settings
+    from stream_worker.cli.common import cli_settings
 
-    settings = _settings()
+    settings = cli_settings()
     manifests = _or_fail(lambda: read_manifests(settings))
     for manifest in sorted(manifests.values(), key=lambda m: (m["name"], m["version"])):
         weights = manifest["files"]["weights"]
@@ -85,9 +85,9 @@ def _or_fail(action: Callable[[], T]) -> T:
 
     from models.checkpoint import CheckpointError
     from stream_worker.channel.checkpoint_topic import CheckpointTransferError
-    from stream_worker.cli.app import _fail
+    from stream_worker.cli.common import fail
 
     try:
         return action()
     except (CheckpointTransferError, CheckpointError, KafkaException, OSError) as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)

@@ -40,17 +40,17 @@ Bootstrap = Annotated[
 # models.checkpoint imports torch: imported inside the commands, so `streamrec --help` stays quick.
 
 
-def _settings(model_dir: Path | None, bootstrap_servers: str | None = None) -> Settings:
+def cli_settings(model_dir: Path | None, bootstrap_servers: str | None = None) -> Settings:
     try:
         settings = load_settings(model_dir=model_dir, bootstrap_servers=bootstrap_servers)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if settings.model_dir is None or not Path(settings.model_dir).is_dir():
-        _fail(f"No model directory at {settings.model_dir}: pass --model-dir DIR or set STREAMREC_MODEL_DIR.")
+        fail(f"No model directory at {settings.model_dir}: pass --model-dir DIR or set STREAMREC_MODEL_DIR.")
     return settings
 
 
-def _fail(message: str) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     errors.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
     raise typer.Exit(2)
 
@@ -61,13 +61,13 @@ def list_versions(model_dir: ModelDir = None) -> None:
     from models import checkpoint
     from models.checkpoint import CheckpointError
 
-    settings = _settings(model_dir)
+    settings = cli_settings(model_dir)
     folder = Path(settings.model_dir)
     try:
         serving = checkpoint.serving_version(folder)
         served_before = {int(e["version"]) for e in (checkpoint.serving_record(folder) or {}).get("history", [])}
     except CheckpointError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if serving is None and checkpoint.versions(folder):
         serving = checkpoint.versions(folder)[-1]  # no serving record: the newest folder serves
     table = Table(title=str(folder))
@@ -105,7 +105,7 @@ def promote(
     from models import checkpoint
     from models.checkpoint import CheckpointError
 
-    settings = _settings(model_dir, bootstrap_servers)
+    settings = cli_settings(model_dir, bootstrap_servers)
     try:
         current = checkpoint.serving_version(Path(settings.model_dir))
     except CheckpointError as exc:  # a damaged serving.json: say so; promoting rewrites it
@@ -121,11 +121,11 @@ def rollback(model_dir: ModelDir = None, bootstrap_servers: Bootstrap = None) ->
     from models import checkpoint
     from models.checkpoint import CheckpointError
 
-    settings = _settings(model_dir, bootstrap_servers)
+    settings = cli_settings(model_dir, bootstrap_servers)
     try:
         target = checkpoint.rollback_target(Path(settings.model_dir))
     except CheckpointError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _serve(settings, target, action="rollback", reason="rolled back with `streamrec models rollback`")
 
 
@@ -134,7 +134,7 @@ def _serve(settings: Settings, version: int, *, action: str, reason: str) -> Non
 
     folder = Path(settings.model_dir)
     if version not in checkpoint.versions(folder):
-        _fail(f"{folder} has no complete version {version}; see `streamrec models list`.")
+        fail(f"{folder} has no complete version {version}; see `streamrec models list`.")
     path = checkpoint.version_dir(folder, version)
     meta = checkpoint.read_metadata(path)
     checkpoint.record_serving(folder, version, action=action, reason=reason)
@@ -160,7 +160,7 @@ def announce_version(settings: Settings, meta: CheckpointMetadata, path: Path, *
             action=action,
         )
     except Exception as exc:  # the serving record changed; workers that start now load it anyway
-        _fail(
+        fail(
             f"v{meta.version} is recorded as serving in {settings.model_dir}, but announcing it failed ({exc}); "
             "running workers keep their model: check Kafka and run the command again."
         )

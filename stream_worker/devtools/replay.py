@@ -20,6 +20,8 @@ from stream_worker.kafka.clients import new_producer
 class PublishError(RuntimeError):
     """Some events were not acknowledged by the broker; the message says how many and why."""
 
+    exit_code = 1  # the command line exits with it: a runtime error
+
 
 def publish_events(
     settings: Settings,

@@ -77,6 +77,8 @@ def format_recommendation(record: dict[str, Any], n_items: int = 5, titles: dict
 class TitlesFileError(ValueError):
     """A titles file that cannot be read; the message names the file and line."""
 
+    exit_code = 2  # the command line exits with it: a usage error
+
 
 def load_titles(path: Path) -> dict[str, str]:
     """Item id -> title from MovieLens `u.item` (ML-100K: id|title|..., Latin-1), `movies.dat`

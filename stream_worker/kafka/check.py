@@ -30,9 +30,13 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 class KafkaUnavailable(Exception):
     """The cluster cannot be used as configured; the message is one sentence with the fix."""
 
+    exit_code = 1  # the command line exits with it: a runtime error
+
 
 class KafkaConfigError(KafkaUnavailable):
     """librdkafka refused a setting (e.g. an unknown property in STREAMREC_KAFKA_OPTIONS): a usage error."""
+
+    exit_code = 2  # the command line exits with it: a usage error
 
 
 class MissingTopic(KafkaUnavailable):

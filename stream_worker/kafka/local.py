@@ -87,6 +87,8 @@ _SAFE_CREDENTIAL = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
 class KafkaStartError(Exception):
     """The local broker could not be started; the message says why and where its log is."""
 
+    exit_code = 1  # the command line exits with it: a runtime error
+
 
 class LocalKafka:
     def __init__(

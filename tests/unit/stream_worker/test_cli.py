@@ -21,3 +21,16 @@ def test_a_missing_model_stops_start_up_with_what_to_do(tmp_path):
 def test_train_needs_exactly_one_source(tmp_path):
     result = runner.invoke(app, ["train", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "exactly one of --ratings PATH or --from-topic" in result.output
+
+
+def test_exceptions_carry_their_exit_code_and_sentence():
+    from models.data import RatingsFileError
+    from stream_worker.cli.common import RUNTIME, USAGE, explain
+    from stream_worker.kafka.check import KafkaConfigError, KafkaUnavailable
+
+    sentence = "ratings.csv: line 3 has 2 columns"
+    assert explain(RatingsFileError(sentence)) == (sentence, USAGE)
+    assert explain(KafkaConfigError("unknown property x")) == ("unknown property x", USAGE)  # a subclass decides
+    assert explain(KafkaUnavailable("no broker at h:1"))[1] == RUNTIME
+    message, code = explain(KeyError("k"))
+    assert code == RUNTIME and "--verbose" in message
