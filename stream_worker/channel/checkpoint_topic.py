@@ -20,6 +20,9 @@ broker's default message.max.bytes (~1 MB), so no broker or topic limit has to b
 Fetching assembles the files in a staging folder inside the destination, checks every size and
 SHA-256 (the weights' also against the announcement's), and renames the folder into place, so a
 reader never sees half a checkpoint.
+
+Longer than 400 lines because publishing and fetching share one framing (chunk keys, manifest,
+hashes) that must stay in one place to stay in agreement.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ holds, waiting at most `flush_timeout_s` for the broker.
 
 The broker being away never stops the worker: producers retry without a deadline, nothing is
 committed meanwhile, the loop keeps turning (/healthz) and /readyz says why it is not ready.
+
+Longer than 400 lines because it is the one class whose methods are the loop and its Kafka callbacks
+(assign, revoke, lost, errors); every stage they call lives in its own module.
 """
 
 from __future__ import annotations

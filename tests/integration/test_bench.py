@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from stream_worker.devtools.bench import BenchConfig, run_bench
+from stream_worker.devtools.bench import run_bench
+from stream_worker.devtools.bench_setup import BenchConfig
 
 pytestmark = pytest.mark.integration
 
