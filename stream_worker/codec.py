@@ -250,6 +250,7 @@ class SingleObjectCodec:
         if body.tell() != len(data) - _HEADER_LEN:
             raise DecodeError(f"{len(data) - _HEADER_LEN - body.tell()} trailing bytes after the Avro body")
         check_indexes(self._walks[writer_fp], data, _HEADER_LEN)
+        assert isinstance(record, dict), "a record schema decodes to a dict"
         return record
 
 
@@ -311,7 +312,7 @@ def to_user_event(record: dict[str, Any], key: bytes | None, rules: EventRules =
     try:
         key_text = None if key is None else key.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidEvent(f"record key {key[:64]!r} is not valid UTF-8; it must be the user id") from None
+        raise InvalidEvent(f"record key {(key or b'')[:64]!r} is not valid UTF-8; it must be the user id") from None
     if key_text != record["user_id"]:
         raise InvalidEvent(
             f"record key {key_text!r:.80} must be the user id {record['user_id']!r:.80} (one user, one partition)"

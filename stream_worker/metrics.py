@@ -331,7 +331,7 @@ def serve(registry: CollectorRegistry, host: str, port: int, *, healthy: Probe, 
     """
     metrics_app = make_wsgi_app(registry)
 
-    def app(environ, start_response):  # type: ignore[no-untyped-def]
+    def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if path in ("/healthz", "/readyz"):
             ok, detail = (healthy if path == "/healthz" else ready)()

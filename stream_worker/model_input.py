@@ -1,7 +1,7 @@
 """The input a model sees for one user, defined once for the worker and the trainer.
 
 A user's input row is made of their `recent_items` most recent events (in arrival order,
-as the worker's ring buffer keeps them): each event's weight (`state.interaction_weight`:
+as the worker's ring buffer keeps them): each event's weight (`interaction_weight`:
 the event type's weight, ratings scaled by value / 5, kept in half precision) times the time
 decay 2^(-age / half_life), where age is measured from the user's newest event to the event's
 time in whole seconds, summed per item.
@@ -27,6 +27,18 @@ WEIGHT_DTYPE = np.float16
 TIME_DTYPE = np.uint32
 _WEIGHT_MAX = float(np.finfo(WEIGHT_DTYPE).max)
 _TIME_MAX_S = int(np.iinfo(TIME_DTYPE).max)
+
+
+def interaction_weight(event_weights: dict[str, float], event_type: str, value: float | None) -> float:
+    """Weight of one interaction: its type's weight, scaled by rating / 5 for ratings.
+
+    Shared by the worker's state and the trainer's interaction matrix, so the model is
+    trained on the same signal it is served.
+    """
+    weight = event_weights.get(event_type, event_weights["OTHER"])
+    if event_type == "RATING" and value is not None:
+        weight *= value / 5.0
+    return weight
 
 
 def stored_weights(weights: np.ndarray | float) -> np.ndarray:

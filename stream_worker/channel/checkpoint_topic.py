@@ -41,12 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from models import checkpoint
 from models.checkpoint import METADATA_FILE, WEIGHTS_FILE
 from stream_worker.config import Settings
-from stream_worker.kafka.clients import new_producer, new_reader
+from stream_worker.kafka.clients import new_producer, new_reader, position
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ CHUNK_BYTES = 512 * 1024  # half the broker's default message.max.bytes: room fo
 MANIFESTS_PARTITION = 0
 CHUNKS_PARTITION = 1
 # Segments roll at 64 MiB (not the default 1 GiB), so tombstoned versions are compacted away soon.
-TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(64 * 1024 * 1024)}
 FILES = {"weights": WEIGHTS_FILE, "metadata": METADATA_FILE}  # key part -> file in the checkpoint folder
 MANIFEST_FORMAT = 1
 _URI = re.compile(r"^kafka://(?P<topic>[^/]+)/(?P<name>[^/]+)/v(?P<version>\d{6,})$")
@@ -76,11 +74,6 @@ class CheckpointIntegrityError(CheckpointTransferError):
 
 class CheckpointFetchTimeout(CheckpointTransferError):
     """The chunks did not all arrive within the time allowed."""
-
-
-def checkpoints_topic_spec(settings: Settings) -> NewTopic:
-    """The checkpoints topic as `topics create` makes it: compacted, one manifests and one chunks partition."""
-    return NewTopic(settings.checkpoints_topic, num_partitions=2, replication_factor=-1, config=dict(TOPIC_CONFIG))
 
 
 def checkpoint_uri(topic: str, name: str, version: int) -> str:
@@ -137,7 +130,7 @@ def publish_checkpoint(settings: Settings, folder: Path, *, timeout_s: float = 3
         )
 
     chunks = _Deliveries()
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for part, filename in FILES.items():
         digest, size, count = hashlib.sha256(), 0, 0
         with open(folder / filename, "rb") as source:
@@ -239,11 +232,11 @@ def read_manifests(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, 
     manifests: dict[str, dict[str, Any]] = {}
     for msg in _read(settings, MANIFESTS_PARTITION, OFFSET_BEGINNING, None, time.monotonic() + timeout_s):
         key = (msg.key() or b"").decode(errors="replace")
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             manifests.pop(key, None)
             continue
         try:
-            manifest = json.loads(msg.value())
+            manifest = json.loads(value)
             if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"not a format {MANIFEST_FORMAT} manifest")
         except ValueError as exc:
@@ -300,7 +293,7 @@ def _download(settings: Settings, manifest: dict[str, Any], prefix: str, staging
                     f"{prefix}: chunk {writer.chunks:05d} of {FILES[part]} is missing (found "
                     f"{'a tombstone for' if msg.value() is None else 'chunk'} {index:05d} at offset {msg.offset()})"
                 )
-            writer.write(msg.value())
+            writer.write(msg.value() or b"")
     finally:
         for writer in writers.values():
             writer.close()
@@ -363,7 +356,7 @@ class _Deliveries:
         if err is not None:
             self.errors.append(err)
         else:
-            self.offsets.append(msg.offset())
+            self.offsets.append(position(msg)[2])
 
     def wait(self, producer: Producer, deadline: float, *, what: str) -> None:
         remaining = producer.flush(max(deadline - time.monotonic(), 0.0))
@@ -397,13 +390,14 @@ def _read(settings: Settings, partition: int, start: int, last: int | None, dead
             if time.monotonic() > deadline:
                 raise CheckpointFetchTimeout(f"reading {topic} partition {partition} up to offset {end} timed out")
             for msg in consumer.consume(100, timeout=0.5):
-                if msg.error():
-                    if msg.error().fatal():
-                        raise CheckpointTransferError(f"reading {topic} failed: {msg.error().str()}")
+                if (error := msg.error()) is not None:
+                    if error.fatal():
+                        raise CheckpointTransferError(f"reading {topic} failed: {error.str()}")
                     continue
-                if msg.offset() < end:
+                offset = position(msg)[2]
+                if offset < end:
                     yield msg
-                if msg.offset() + 1 >= end:
+                if offset + 1 >= end:
                     return
             if consumer.position([tp])[0].offset >= end:  # the records before `end` were compacted away
                 return

@@ -106,7 +106,7 @@ def explain(exc: BaseException) -> tuple[str, int]:
     if code in (USAGE, RUNTIME):
         return str(exc), code
     if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror.lower()} — check the path", USAGE
+        return f"{exc.filename}: {(exc.strerror or 'cannot open').lower()} — check the path", USAGE
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return f"a port this command listens on is taken ({exc.strerror}) — stop the other process", RUNTIME
     name = type(exc).__name__

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from stream_worker.config import ConfigError, Settings, load_settings
+from stream_worker.cli.common import USAGE, cli_settings, fail
+from stream_worker.config import Settings
 from stream_worker.kafka.clients import new_producer
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Model versions in a model directory: list, promote, roll back.", no_args_is_help=True)
 console = Console()
-errors = Console(stderr=True)
+console_err = Console(stderr=True)
 
 ModelDir = Annotated[Path | None, typer.Option("--model-dir", help="Model directory (default: STREAMREC_MODEL_DIR)")]
 Bootstrap = Annotated[
@@ -40,19 +41,16 @@ Bootstrap = Annotated[
 # models.checkpoint imports torch: imported inside the commands, so `streamrec --help` stays quick.
 
 
-def cli_settings(model_dir: Path | None, bootstrap_servers: str | None = None) -> Settings:
-    try:
-        settings = load_settings(model_dir=model_dir, bootstrap_servers=bootstrap_servers)
-    except ConfigError as exc:
-        fail(str(exc))
+def model_dir_settings(model_dir: Path | None, bootstrap_servers: str | None = None) -> tuple[Settings, Path]:
+    """The settings and the model directory, which must exist (else one sentence, exit 2)."""
+    settings = cli_settings(model_dir=model_dir, bootstrap_servers=bootstrap_servers)
     if settings.model_dir is None or not Path(settings.model_dir).is_dir():
-        fail(f"No model directory at {settings.model_dir}: pass --model-dir DIR or set STREAMREC_MODEL_DIR.")
-    return settings
+        usage_error(f"No model directory at {settings.model_dir}: pass --model-dir DIR or set STREAMREC_MODEL_DIR.")
+    return settings, Path(settings.model_dir)
 
 
-def fail(message: str) -> typer.Exit:
-    errors.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
-    raise typer.Exit(2)
+def usage_error(message: str) -> NoReturn:
+    fail(message, USAGE)
 
 
 @app.command("list")
@@ -61,13 +59,12 @@ def list_versions(model_dir: ModelDir = None) -> None:
     from models import checkpoint
     from models.checkpoint import CheckpointError
 
-    settings = cli_settings(model_dir)
-    folder = Path(settings.model_dir)
+    _, folder = model_dir_settings(model_dir)
     try:
         serving = checkpoint.serving_version(folder)
         served_before = {int(e["version"]) for e in (checkpoint.serving_record(folder) or {}).get("history", [])}
     except CheckpointError as exc:
-        fail(str(exc))
+        usage_error(str(exc))
     if serving is None and checkpoint.versions(folder):
         serving = checkpoint.versions(folder)[-1]  # no serving record: the newest folder serves
     table = Table(title=str(folder))
@@ -105,11 +102,11 @@ def promote(
     from models import checkpoint
     from models.checkpoint import CheckpointError
 
-    settings = cli_settings(model_dir, bootstrap_servers)
+    settings, folder = model_dir_settings(model_dir, bootstrap_servers)
     try:
-        current = checkpoint.serving_version(Path(settings.model_dir))
+        current = checkpoint.serving_version(folder)
     except CheckpointError as exc:  # a damaged serving.json: say so; promoting rewrites it
-        errors.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
+        console_err.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
         current = None
     action = "rollback" if current is not None and version < current else "promote"
     _serve(settings, version, action=action, reason="promoted by hand with `streamrec models promote`")
@@ -121,20 +118,21 @@ def rollback(model_dir: ModelDir = None, bootstrap_servers: Bootstrap = None) ->
     from models import checkpoint
     from models.checkpoint import CheckpointError
 
-    settings = cli_settings(model_dir, bootstrap_servers)
+    settings, folder = model_dir_settings(model_dir, bootstrap_servers)
     try:
-        target = checkpoint.rollback_target(Path(settings.model_dir))
+        target = checkpoint.rollback_target(folder)
     except CheckpointError as exc:
-        fail(str(exc))
+        usage_error(str(exc))
     _serve(settings, target, action="rollback", reason="rolled back with `streamrec models rollback`")
 
 
 def _serve(settings: Settings, version: int, *, action: str, reason: str) -> None:
     from models import checkpoint
 
+    assert settings.model_dir is not None, "model_dir_settings checked it"
     folder = Path(settings.model_dir)
     if version not in checkpoint.versions(folder):
-        fail(f"{folder} has no complete version {version}; see `streamrec models list`.")
+        usage_error(f"{folder} has no complete version {version}; see `streamrec models list`.")
     path = checkpoint.version_dir(folder, version)
     meta = checkpoint.read_metadata(path)
     checkpoint.record_serving(folder, version, action=action, reason=reason)
@@ -160,7 +158,7 @@ def announce_version(settings: Settings, meta: CheckpointMetadata, path: Path, *
             action=action,
         )
     except Exception as exc:  # the serving record changed; workers that start now load it anyway
-        fail(
+        usage_error(
             f"v{meta.version} is recorded as serving in {settings.model_dir}, but announcing it failed ({exc}); "
             "running workers keep their model: check Kafka and run the command again."
         )

@@ -41,7 +41,7 @@ from stream_worker.devtools.bench_setup import (
     warm_producer,
 )
 from stream_worker.devtools.bench_worker import WorkerProcess, at_rate, drain
-from stream_worker.kafka.clients import new_consumer
+from stream_worker.kafka.clients import new_consumer, position
 
 
 def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, results: Results) -> None:
@@ -181,8 +181,8 @@ def naive_consumer(config: BenchConfig, settings: Settings, model_dir: Path) -> 
             if msg is None or msg.error():
                 continue
             started = started or time.perf_counter()  # from the first record: joining the group is not counted
-            event = to_user_event(in_codec.decode(msg.value()), msg.key())
-            state.apply([(event, msg.partition(), msg.offset())])
+            event = to_user_event(in_codec.decode(msg.value() or b""), msg.key())
+            state.apply([(event, *position(msg)[1:])])
             batch = state.batch([event.user_id])
             ranked = inference.recommend(batch)
             value = out_codec.encode(record(batch, ranked, 0, "multvae", 1, int(time.time() * 1000)))
@@ -269,7 +269,7 @@ def run_bench(
             results.drain = drain(settings, worker, config.backlog_events)
             for rate in config.rates:
                 say(f"4/4 latency at {rate:g} events/s for {config.seconds_per_rate:g} s ...")
-                results.rates.append(at_rate(settings, worker, config, rate, tmp, broker and broker.pid()))
+                results.rates.append(at_rate(settings, worker, config, rate, tmp, broker.pid() if broker else None))
             code = worker.stop()
             worker = None
             assert code == 0, f"the worker exited with code {code}; see {out_dir / 'worker.log'}"

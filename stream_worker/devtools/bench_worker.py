@@ -165,7 +165,7 @@ def _reader_process(common: dict, topic: str, ready: Any, stop: Any, out: str) -
         for msg in msgs:
             if msg.error() or msg.value() is None:
                 continue
-            r = codec.decode(msg.value())
+            r = codec.decode(msg.value() or b"")
             rows.append((received, r["last_event_time"], r["generated_at"]))
     consumer.close()
     np.save(out, np.array(rows, dtype=np.float64).reshape(-1, 3))

@@ -158,6 +158,7 @@ def _demo(
     history = world.events(HISTORY_EVENTS, seed=1, start_ms=now_ms - HISTORY_EVENTS, spacing_ms=1)
     publish_events(settings, history)
     console.print(f"published {HISTORY_EVENTS} history events ({N_USERS} users, {N_ITEMS} items)")
+    assert settings.model_dir is not None, "the demo sets its model folder"
     first = train_from_topic(settings, settings.model_dir)
     assert first is not None, "the history must be enough to train on"
     console.print(f"trained {first.metadata.name} v{first.metadata.version}: {format_metrics(first.metadata.metrics)}")
@@ -272,8 +273,9 @@ def _drained(settings: Settings) -> bool:
 class Progress:
     """The worker's figures, scraped from its /metrics, as a table for people."""
 
-    COLUMNS = ("events", "events/s", "recs", "recs/s", "p50 latency", "p99 latency", "model", "users", "DLQ")
-    COLUMNS += ("hit@K", "popular hit@K")  # online hit-rate of the lists sent, all versions (online_eval.py)
+    # The last two: online hit-rate of the lists sent, all versions (worker/online_eval.py).
+    COLUMNS: tuple[str, ...] = ("events", "events/s", "recs", "recs/s", "p50 latency", "p99 latency", "model", "users")
+    COLUMNS += ("DLQ", "hit@K", "popular hit@K")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -415,7 +417,7 @@ def _overlap(truth: set[str], items: list[str]) -> float:
     return len(truth.intersection(items)) / max(len(items), 1)
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(condition, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

@@ -105,14 +105,14 @@ def write_report(
     return path
 
 
-def _latent_panel(ax, world: SyntheticWorld, model_dir: Path | None, *, history_seed: int, history: int) -> None:  # type: ignore[no-untyped-def]
+def _latent_panel(ax, world: SyntheticWorld, model_dir: Path | None, *, history_seed: int, history: int) -> None:
     import torch
 
     from models import checkpoint
 
     loaded = checkpoint.load(model_dir) if model_dir is not None else None
     net = getattr(loaded.model, "net", None) if loaded is not None else None
-    if net is None or not hasattr(net, "encode"):
+    if loaded is None or net is None or not hasattr(net, "encode"):
         ax.text(0.5, 0.5, "the serving model has no encoder to draw", ha="center", va="center")
         ax.set_axis_off()
         return

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream_worker.config import Settings
@@ -87,3 +87,10 @@ class ThrottledLog:
         self._last[kind] = now
         self._log.warning(message + (f" ({held} similar since the last line)" if held else ""), *args)
         return True
+
+
+def position(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a record that came from a poll (the client's types allow None)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None, "a consumed record has a position"
+    return topic, partition, offset

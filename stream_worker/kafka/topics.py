@@ -7,9 +7,18 @@ import time
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_worker.channel.checkpoint_topic import checkpoints_topic_spec
 from stream_worker.config import Settings
 from stream_worker.kafka.clients import new_admin, new_consumer
+
+# The checkpoints topic (channel/checkpoint_topic.py): compacted, partition 0 the manifests, 1 the chunks.
+CHECKPOINTS_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(64 * 1024 * 1024)}
+
+
+def checkpoints_topic_spec(settings: Settings) -> NewTopic:
+    """The checkpoints topic as `topics create` makes it: compacted, one manifests and one chunks partition."""
+    return NewTopic(
+        settings.checkpoints_topic, num_partitions=2, replication_factor=-1, config=dict(CHECKPOINTS_TOPIC_CONFIG)
+    )
 
 
 def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTopic]:
@@ -29,7 +38,7 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[NewTo
         # Co-partitioned with the events: a worker restores partition p of it for events partition p.
         NewTopic(settings.state_topic, num_partitions=n, replication_factor=-1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.model_updates_topic, num_partitions=1, replication_factor=-1),
-        checkpoints_topic_spec(settings),  # compacted; see channel/checkpoint_topic.py
+        checkpoints_topic_spec(settings),  # compacted; its records: channel/checkpoint_topic.py
     ]
 
 

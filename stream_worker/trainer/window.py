@@ -16,8 +16,8 @@ from confluent_kafka import TopicPartition
 
 from stream_worker.codec import USER_EVENT, DecodeError, InvalidEvent, make_codec, to_user_event
 from stream_worker.config import Settings
-from stream_worker.kafka.clients import new_reader
-from stream_worker.worker.state import interaction_weight
+from stream_worker.kafka.clients import new_reader, position
+from stream_worker.model_input import interaction_weight
 
 
 @dataclass
@@ -78,7 +78,7 @@ class WindowBuilder:
 
     def build(self) -> EventWindow:
         users = np.frombuffer(self._users, np.int32)
-        keep = slice(None)
+        keep: slice | np.ndarray = slice(None)
         if self._forgotten:  # (B,) an event survives only if it came after its user's last deletion request
             cut = np.zeros(len(self._user_code), np.int64)
             for user_id, read_before in self._forgotten.items():
@@ -131,12 +131,13 @@ def read_window(settings: Settings, *, since_ms: int, timeout_s: float = 600.0) 
             for msg in consumer.consume(1000, timeout=1.0):  # one chunk: at most 1000 events
                 if msg.error():
                     continue
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    todo.pop(msg.partition(), None)
+                _, partition, offset = position(msg)
+                if offset + 1 >= ends[partition]:
+                    todo.pop(partition, None)
                 if msg.value() is None and msg.key():  # "forget this user": drop what came before
                     window.add_chunk(users, items, weights, times)
                     users, items, weights, times = [], [], [], []
-                    window.forget(msg.key().decode("utf-8", "replace"))
+                    window.forget((msg.key() or b"").decode("utf-8", "replace"))
                     continue
                 try:
                     event = to_user_event(codec.decode(msg.value() or b""), msg.key())

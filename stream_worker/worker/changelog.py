@@ -174,11 +174,11 @@ def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, 
                         log.warning("restoring %s: %s", topic, error)
                     continue
                 records += 1
-                user_id = msg.key().decode()
+                user_id = (msg.key() or b"").decode()
                 if msg.value() is None:
                     newest[user_id] = None
                     continue
-                source, snap = decode(msg.value())
+                source, snap = decode(msg.value() or b"")
                 if (
                     source != settings.events_topic
                 ):  # state built from another events topic: its offsets mean nothing here
@@ -194,10 +194,10 @@ def restore(settings: Settings, partitions: Iterable[int], state: UserState, *, 
             "ignored %d records of %s built from another events topic than %s", foreign, topic, settings.events_topic
         )
     users = 0
-    for user_id, snap in newest.items():
-        if snap is None:
+    for user_id, kept in newest.items():
+        if kept is None:
             state.forget(user_id)
         else:
-            state.restore(snap)
+            state.restore(kept)
             users += 1
     return Restored(users, records, time.perf_counter() - started)

@@ -119,14 +119,14 @@ class Inference:
             score_bag = self.model.score_bag if self.sparse else lambda i, w: Recommender.score_bag(self.model, i, w)
             scores = score_bag(index_t, weights_t).float()  # (B, n_items)
             scores.view(-1).index_fill_(0, torch.from_numpy(seen).to(self.device), -torch.inf)
-            top_scores, top_index = torch.topk(scores, k, dim=1)  # (B, k)
-        top_scores, top_index = top_scores.cpu().numpy(), top_index.cpu().numpy()
+            top = torch.topk(scores, k, dim=1)  # (B, k)
+        top_scores, top_index = top.values.cpu().numpy(), top.indices.cpu().numpy()
 
         valid = np.isfinite(top_scores)  # (B, k); sorted best first, so the valid ones lead each row
-        top_index = np.where(valid, top_index, -1)
+        index = np.where(valid, top_index, -1)
         return Ranked(
-            index=top_index,
-            top_ids=self._padded_vocabulary[top_index],
+            index=index,
+            top_ids=self._padded_vocabulary[index],
             top_scores=top_scores,
             counts=valid.sum(axis=1),
             vocabulary=self.vocabulary,

@@ -55,7 +55,7 @@ from stream_worker.codec import (
     to_user_event,
 )
 from stream_worker.config import Settings
-from stream_worker.kafka.clients import ThrottledLog, new_admin, new_consumer, new_producer
+from stream_worker.kafka.clients import ThrottledLog, new_admin, new_consumer, new_producer, position
 from stream_worker.kafka.stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.worker import changelog
@@ -266,10 +266,11 @@ class Worker:
         # tombstone (null value) is a request to forget its user.
         events: list[tuple[UserEvent, int, int]] = []
         for msg in msgs:
-            if msg.error():
-                self._on_consume_error(msg.error())
+            if (error := msg.error()) is not None:
+                self._on_consume_error(error)
                 continue
-            self.pending_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            topic, partition, offset = position(msg)
+            self.pending_offsets[(topic, partition)] = offset + 1
             if msg.value() is None and msg.key():
                 self._apply(events)  # what came before the tombstone happened before it
                 events = []
@@ -277,7 +278,7 @@ class Worker:
                 continue
             try:
                 event = to_user_event(self.codec.decode(msg.value() or b""), msg.key(), self.rules)
-                events.append((event, msg.partition(), msg.offset()))
+                events.append((event, partition, offset))
             except DecodeError as exc:
                 self.publisher.dead_letter(msg, "decode", str(exc))
             except InvalidEvent as exc:
@@ -304,13 +305,13 @@ class Worker:
     def _forget_user(self, msg: Message) -> None:
         """A tombstone on the events topic: drop the user's state and tombstone their state and list."""
         try:
-            user_id = msg.key().decode("utf-8")
+            user_id = (msg.key() or b"").decode("utf-8")
         except UnicodeDecodeError:
             self.publisher.dead_letter(msg, "invalid", "a tombstone's key must be a UTF-8 user id")
             return
         self.state.forget(user_id)
         self.batcher.discard([user_id])
-        self.publisher.forget(user_id, msg.partition())
+        self.publisher.forget(user_id, position(msg)[1])
         self.metrics.users_forgotten.inc()
         self.metrics.users_in_state.set(len(self.state))
         log.info(

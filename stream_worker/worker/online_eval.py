@@ -85,7 +85,8 @@ class OnlineEvaluator:
             self.popularity = Popularity()
             self._last.clear()
             self._generation = items.generation
-        codes, judged = [], {}  # version -> [events, model hits, popularity hits]
+        codes: list[int] = []
+        judged: dict[str, list[int]] = {}  # version -> [events, model hits, popularity hits]
         for event, *_where in events:
             code = items.code_of.get(event.item_id, -1)
             if code < 0:  # the item table was full: the item has no code to count

@@ -56,7 +56,7 @@ class _Record:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]] | None
+    headers: list[tuple[str, str | bytes | None]] | None
     kind: str  # "recommendations" | "dlq" | "state"
     last_event_ms: int = 0  # recommendations: for the latency histogram
     dlq_reason: str = ""
@@ -127,8 +127,8 @@ class Publisher:
             self._produce(self._open, record)
 
     def dead_letter(self, msg: Message, reason: str, error: str) -> None:
-        headers = [
-            *list(msg.headers() or []),
+        headers: list[tuple[str, str | bytes | None]] = [
+            *((str(header[0]), header[1]) for header in msg.headers() or []),
             (DLQ_REASON, reason.encode()),
             (DLQ_MESSAGE, error[:2000].encode("utf-8", "replace")),
             (DLQ_TOPIC, (msg.topic() or "").encode()),
@@ -230,9 +230,10 @@ class Publisher:
                     record.topic,
                     record.value,
                     record.key,
-                    headers=record.headers,
+                    # -1: librdkafka's RD_KAFKA_PARTITION_UA, the partitioner picks (by key)
+                    partition=record.partition,
+                    headers=list(record.headers or ()),
                     on_delivery=partial(self._on_delivery, flush, record),
-                    **({"partition": record.partition} if record.partition >= 0 else {}),
                 )
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry

@@ -28,6 +28,7 @@ from stream_worker.model_input import (
     TIME_DTYPE,
     WEIGHT_DTYPE,
     decayed,
+    interaction_weight,
     stored_times,
     stored_weights,
     times_ms_of,
@@ -36,18 +37,6 @@ from stream_worker.model_input import (
 _INITIAL_ROWS = 1024
 _WEIGHT_MAX = float(np.finfo(WEIGHT_DTYPE).max)
 _TIME_MAX_S = int(np.iinfo(TIME_DTYPE).max)
-
-
-def interaction_weight(event_weights: dict[str, float], event_type: str, value: float | None) -> float:
-    """Weight of one interaction: its type's weight, scaled by rating / 5 for ratings.
-
-    Shared by the worker's state and the trainer's interaction matrix, so the model is
-    trained on the same signal it is served.
-    """
-    weight = event_weights.get(event_type, event_weights["OTHER"])
-    if event_type == "RATING" and value is not None:
-        weight *= value / 5.0
-    return weight
 
 
 class ItemCodes:

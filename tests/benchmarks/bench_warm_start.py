@@ -22,12 +22,11 @@ from models.checkpoint import CheckpointMetadata, LoadedModel
 from models.train import train_model
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
 from stream_worker.devtools.synthetic import SyntheticWorld
-from stream_worker.model_input import decay_rate_per_ms
+from stream_worker.model_input import decay_rate_per_ms, interaction_weight
 from stream_worker.trainer.compare import ranked_quality
 from stream_worker.trainer.fit import served_overrides, warm_tensors
 from stream_worker.trainer.split import reindex_columns, temporal_split
 from stream_worker.trainer.window import WindowBuilder
-from stream_worker.worker.state import interaction_weight
 
 RATE = decay_rate_per_ms(30 * 24 * 3600.0)
 

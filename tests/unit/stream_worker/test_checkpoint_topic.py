@@ -11,12 +11,12 @@ from stream_worker.channel.checkpoint_topic import (
     CheckpointTransferError,
     _watermarks,
     checkpoint_uri,
-    checkpoints_topic_spec,
     local_checkpoint,
     parse_uri,
 )
 from stream_worker.config import load_settings
 from stream_worker.kafka.local import LocalKafka
+from stream_worker.kafka.topics import checkpoints_topic_spec
 
 
 def test_a_uri_names_topic_model_and_version_and_must_be_on_our_topic():

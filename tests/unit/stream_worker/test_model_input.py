@@ -4,8 +4,8 @@ import numpy as np
 
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.model_input import decay_rate_per_ms, input_rows
-from stream_worker.worker.state import UserState, interaction_weight
+from stream_worker.model_input import decay_rate_per_ms, input_rows, interaction_weight
+from stream_worker.worker.state import UserState
 
 DAY_MS = 24 * 3600 * 1000
 TYPES = ("VIEW", "CLICK", "PURCHASE", "RATING")

@@ -3,7 +3,8 @@ import pytest
 
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.worker.state import UserState, interaction_weight
+from stream_worker.model_input import interaction_weight
+from stream_worker.worker.state import UserState
 
 DAY_MS = 24 * 3600 * 1000
 
