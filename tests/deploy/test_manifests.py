@@ -320,7 +320,11 @@ def test_the_image_runs_as_non_root_and_the_build_context_leaves_secrets_and_cac
     assert patterns[0] == "*", "the build context starts from nothing and lets in only what the image needs"
     assert not {p for p in patterns if p.startswith("!")} - {
         "!pyproject.toml",
+        "!README.md",
+        "!LICENSE",
         "!stream_worker/",
         "!models/",
         "!schemas/",
+        "!deploy/kafka/",
     }
+    assert "uv build --wheel" in dockerfile and "PYTHONPATH" not in dockerfile, "the image installs the wheel"
