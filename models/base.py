@@ -7,6 +7,11 @@ tensor; the stream worker calls `score_bag` with each user's rolling state as a 
 (item, weight) pairs, which models whose first layer is linear in the history compute
 without building the (B, n_items) input (an embedding bag); the others get it densified.
 
+Sequence models (`reads_order = True`: SASRec, HSTU) read histories in time order instead,
+through `score_sequences` and `fit_sequences` on the view of `models.sequences` (codes oldest
+first, batches left-padded with -1). Bag models get those calls too: the default turns the
+sequence into a bag (weight 1 per interaction) and calls `score_bag` / `fit`.
+
 Every model keeps its learned parameters as named tensors (`tensors()`) and its
 hyperparameters as a dataclass (`config`), which is all `models.checkpoint` needs to save
 and load it without pickle.
@@ -18,12 +23,15 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from models.sequences import Sequences
 
 
 @dataclass
@@ -49,6 +57,9 @@ class Recommender(abc.ABC):
 
     kind: ClassVar[str]
     Config: ClassVar[type]
+    # True for models that read the order of a history (fit with `fit_sequences`, score with
+    # `score_sequences`); False for bag models, which see a history as item counts.
+    reads_order: ClassVar[bool] = False
 
     def __init__(self, n_items: int, config: Any | None = None) -> None:
         assert n_items > 0, "a recommender needs a catalog of at least one item"
@@ -82,6 +93,18 @@ class Recommender(abc.ABC):
         the dense input; models with a sparse first layer override it.
         """
         return self.score(densify_bag(index, weights, self.n_items))
+
+    def score_sequences(self, codes: torch.Tensor, times_s: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, n_items) for histories as sequences: `codes` (B, L) int64 item codes,
+        oldest first, LEFT-padded with -1 (newest item in the last column); `times_s` (B, L)
+        int64 event times in seconds, or None. This default, for bag models, scores the bag
+        of the codes with weight 1 each; sequence models override it.
+        """
+        return self.score_bag(codes, (codes >= 0).to(torch.float32))
+
+    def fit_sequences(self, seqs: Sequences, *, seed: int = 0, on_epoch: EpochCallback | None = None) -> FitReport:
+        """Learn from time-ordered histories; this default, for bag models, fits their bag view."""
+        return self.fit(seqs.to_csr(), seed=seed, on_epoch=on_epoch)
 
     @abc.abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:
