@@ -28,91 +28,58 @@ import torch
 
 from models import REGISTRY, Recommender, pick_device, report
 from models.data import default_data_dir, load_cfgan_split, load_chrono_loo, load_ratings
+from models.ranking import (  # noqa: F401  (re-exported: the metrics used to live here)
+    compute_metrics,
+    hit_rate_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    rank,
+    recall_at_k,
+)
+from models.sequences import Sequences
 from models.splits import split_entries, split_fold_in
 from models.train import train_model
-
-# ---------------------------------------------------------------------------------------------
-# Metrics. Each takes `hits`, a (U, K) bool array: hits[u, r] is True when the item a model
-# ranked at position r (0 = top) for user u is one of u's held-out items, and, where needed,
-# `n_relevant` (U,), the number of held-out items of each user (>= 1). They return one value
-# per user, so means and standard errors are taken by the caller.
-# ---------------------------------------------------------------------------------------------
-
-
-def precision_at_k(hits: np.ndarray, k: int) -> np.ndarray:
-    """Hits in the top k, divided by k (even when the user has fewer than k held-out items)."""
-    return hits[:, :k].sum(axis=1) / k
-
-
-def recall_at_k(
-    hits: np.ndarray, n_relevant: np.ndarray, k: int, *, normalise: Literal["min", "all"] = "min"
-) -> np.ndarray:
-    """Hits in the top k over min(k, n_relevant) (Liang et al., "min") or over n_relevant ("all").
-
-    "min" keeps the maximum at 1 for users with more than k held-out items (Mult-VAE paper,
-    Datasets Dilemma); "all" is the textbook recall used by the CFGAN authors' code.
-    """
-    denominator = np.minimum(k, n_relevant) if normalise == "min" else n_relevant
-    return hits[:, :k].sum(axis=1) / denominator
-
-
-def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
-    """Binary-relevance NDCG: sum of 1/log2(rank + 2) over hits, over the best possible for
-    min(k, n_relevant) relevant items (the definition of all three papers' code)."""
-    discount = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
-    dcg = hits[:, :k] @ discount
-    idcg = np.cumsum(discount)[np.minimum(k, n_relevant) - 1]
-    return dcg / idcg
-
-
-def mrr_at_k(hits: np.ndarray, k: int) -> np.ndarray:
-    """1 / (rank of the first hit, counting from 1), or 0 when nothing is hit in the top k."""
-    top = hits[:, :k]
-    first = np.argmax(top, axis=1)  # index of the first True (0 when there is none)
-    return np.where(top.any(axis=1), 1.0 / (first + 1), 0.0)
-
-
-def compute_metrics(
-    hits: np.ndarray, n_relevant: np.ndarray, names: list[str], recall_normalise: Literal["min", "all"]
-) -> dict[str, np.ndarray]:
-    """Per-user values of metrics named like "ndcg@10", "recall@20", "precision@5", "mrr@20"."""
-    out = {}
-    for name in names:
-        metric, k = name.split("@")
-        k = int(k)
-        if metric == "precision":
-            out[name] = precision_at_k(hits, k)
-        elif metric == "recall":
-            out[name] = recall_at_k(hits, n_relevant, k, normalise=recall_normalise)
-        elif metric == "ndcg":
-            out[name] = ndcg_at_k(hits, n_relevant, k)
-        elif metric == "mrr":
-            out[name] = mrr_at_k(hits, k)
-        else:
-            raise ValueError(f"unknown metric {name!r}; use precision@k, recall@k, ndcg@k or mrr@k")
-    return out
 
 
 @torch.inference_mode()
 def rank_hits(
-    model: Recommender, inputs: sp.csr_matrix, targets: sp.csr_matrix, k: int, batch_users: int = 1024
+    model: Recommender,
+    inputs: sp.csr_matrix,
+    targets: sp.csr_matrix,
+    k: int,
+    batch_users: int = 1024,
+    *,
+    sequences: Sequences | None = None,
+    candidates: sp.csr_matrix | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(hits (U, k), n_relevant (U,)) for the users with at least one target item.
+    """(hits (U, k), n_relevant (U,)) for the users with at least one target item, through `rank`.
 
-    Each user's input row is scored, the input items are removed from the ranking (set to
-    -inf), and the top k of what remains is compared with the user's target row.
+    Each user's history is scored (bag models: the input row; sequence models: the user's
+    row of `sequences`, the same history in time order), the input items are removed from the
+    ranking, and the top k of what remains is compared with the user's target row. With
+    `candidates` (U, I), only each user's candidate items are ranked (sampled negatives).
     """
     assert inputs.shape == targets.shape, f"inputs {inputs.shape} and targets {targets.shape} differ"
+    if model.reads_order and sequences is None:
+        raise TypeError(f"{model.kind} reads item order: this protocol must give the inputs as sequences")
     users = np.flatnonzero(np.diff(targets.indptr))
     k = min(k, inputs.shape[1])
     hits = []
     for lo in range(0, len(users), batch_users):
         rows = users[lo : lo + batch_users]
         x = torch.from_numpy(inputs[rows].toarray().astype(np.float32)).to(model.device)  # (B, I)
-        scores = model.score(x).float().masked_fill(x > 0, -torch.inf)  # (B, I)
-        top = torch.topk(scores, k, dim=1).indices  # (B, k), best first
+        if model.reads_order:
+            assert sequences is not None
+            codes, times = sequences.batch(rows, getattr(model.config, "max_len", 200))
+            scores = model.score_sequences(codes.to(model.device), None if times is None else times.to(model.device))
+        else:
+            scores = model.score(x)  # (B, I)
+        exclude = x > 0
+        if candidates is not None:
+            exclude = torch.from_numpy(candidates[rows].toarray() == 0).to(model.device)
         target = torch.from_numpy(targets[rows].toarray() > 0).to(model.device)  # (B, I)
-        hits.append(torch.gather(target, 1, top).cpu().numpy())
+        hits.append(rank(scores, target, exclude, [k]).hits)
     n_relevant = np.diff(targets.indptr)[users]
     return np.concatenate(hits) if hits else np.zeros((0, k), bool), n_relevant
 
