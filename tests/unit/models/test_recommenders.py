@@ -19,6 +19,7 @@ QUICK = {
     "multdae": {"epochs": 30, "batch_size": 32, "hidden_dim": 64, "latent_dim": 16},
     "cfgan": {"epochs": 30, "hidden_dim_G": 64, "hidden_dim_D": 32, "lr_G": 1e-3, "lr_D": 1e-3},
     # Sequence models: tested on ordered histories in test_sequence_models.py.
+    "hstu": {"epochs": 20, "d_model": 32, "max_len": 20, "batch_size": 32, "dropout": 0.1, "lr": 5e-3},
     "sasrec": {"epochs": 20, "d_model": 32, "max_len": 20, "batch_size": 32, "dropout": 0.1, "lr": 5e-3},
 }
 # Kinds that learn from a matrix (the tests below); sequence models need ordered histories.

@@ -124,9 +124,10 @@ def test_warm_start_grows_the_catalogue(kind, walks):
     assert torch.equal(model.tensors()[ITEM_TABLE][: walks.n_items], old.tensors()[ITEM_TABLE][: walks.n_items])
 
 
-def test_time_gap_embedding_is_optional_and_checkpointed(walks, tmp_path):
-    config = make_config("sasrec", QUICK["sasrec"] | {"time_buckets": 8, "epochs": 1})
-    model = REGISTRY["sasrec"](walks.n_items, config)
+@pytest.mark.parametrize("kind", SEQ)
+def test_time_buckets_are_optional_and_checkpointed(kind, walks, tmp_path):
+    config = make_config(kind, QUICK[kind] | {"time_buckets": 8, "epochs": 1})
+    model = REGISTRY[kind](walks.n_items, config)
     model.fit_sequences(walks)
     checkpoint.save(model, tmp_path, item_ids=[str(i) for i in range(walks.n_items)])
     codes, times = walks.batch(np.arange(8), 30)
