@@ -3,7 +3,8 @@
 `rank` takes a batch of scores over the catalog, the held-out items to find, and the items
 to exclude from the ranking (a user's other seen items, or, with sampled negatives, every
 item outside the candidate set), and returns the top-k hits; `Ranking.metrics` turns them
-into per-user HR / precision / recall / NDCG / MRR.
+into per-user HR / precision / recall / NDCG / MRR. `rank_hits` scores a model on users'
+histories (as matrix rows, or in time order for sequence models) and ranks through `rank`.
 
 Metrics take `hits`, a (U, K) bool array: hits[u, r] is True when the item ranked at
 position r (0 = top) for user u is one of u's held-out items, and, where needed,
@@ -18,7 +19,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+
+from models.base import Recommender
+from models.sequences import Sequences
 
 
 def precision_at_k(hits: np.ndarray, k: int) -> np.ndarray:
@@ -124,3 +129,59 @@ def rank(
     top = torch.topk(scores, k, dim=1).indices  # (B, k), best first
     hits = torch.gather(targets, 1, top).cpu().numpy()
     return Ranking(hits=hits, n_relevant=targets.sum(dim=1).cpu().numpy())
+
+
+@torch.inference_mode()
+def rank_hits(
+    model: Recommender,
+    inputs: sp.csr_matrix,
+    targets: sp.csr_matrix,
+    k: int,
+    batch_users: int = 1024,
+    *,
+    sequences: Sequences | None = None,
+    candidates: sp.csr_matrix | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(hits (U, k), n_relevant (U,)) for the users with at least one target item, through `rank`.
+
+    Each user's history is scored (bag models: the input row; sequence models: the user's
+    row of `sequences`, the same history in time order), the input items are removed from the
+    ranking, and the top k of what remains is compared with the user's target row. With
+    `candidates` (U, I), only each user's candidate items are ranked (sampled negatives).
+    """
+    assert inputs.shape == targets.shape, f"inputs {inputs.shape} and targets {targets.shape} differ"
+    if model.reads_order and sequences is None:
+        raise TypeError(f"{model.kind} reads item order: this protocol must give the inputs as sequences")
+    users = np.flatnonzero(np.diff(targets.indptr))
+    k = min(k, inputs.shape[1])
+    hits = []
+    for lo in range(0, len(users), batch_users):
+        rows = users[lo : lo + batch_users]
+        x = torch.from_numpy(inputs[rows].toarray().astype(np.float32)).to(model.device)  # (B, I)
+        if model.reads_order:
+            assert sequences is not None
+            codes, times = sequences.batch(rows, getattr(model.config, "max_len", 200))
+            scores = model.score_sequences(codes.to(model.device), None if times is None else times.to(model.device))
+        else:
+            scores = model.score(x)  # (B, I)
+        exclude = x > 0
+        if candidates is not None:
+            exclude = torch.from_numpy(candidates[rows].toarray() == 0).to(model.device)
+        target = torch.from_numpy(targets[rows].toarray() > 0).to(model.device)  # (B, I)
+        hits.append(rank(scores, target, exclude, [k]).hits)
+    n_relevant = np.diff(targets.indptr)[users]
+    return np.concatenate(hits) if hits else np.zeros((0, k), bool), n_relevant
+
+
+def holdout_metrics(
+    model: Recommender, fold_in: sp.csr_matrix, held_out: sp.csr_matrix, k: int = 20
+) -> dict[str, float]:
+    """Recall@k (Liang normalisation) and NDCG@k of `model` on held-out users.
+
+    For the streaming trainer's "is the new model better than the serving one" check: the
+    model scores each user's fold_in row, fold_in items are masked, held_out items are the
+    targets (see `models.splits.split_users_holdout`).
+    """
+    hits, n_relevant = rank_hits(model, fold_in, held_out, k)
+    values = compute_metrics(hits, n_relevant, [f"recall@{k}", f"ndcg@{k}"], "min")
+    return {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()} | {"users": len(hits)}
