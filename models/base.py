@@ -23,9 +23,9 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,7 +114,7 @@ class Recommender(abc.ABC):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of `tensors()`; shapes must match `n_items` and `config`."""
 
-    def to(self, device: torch.device | str) -> Recommender:
+    def to(self, device: torch.device | str) -> Self:
         """Move the model to `device` (models holding torch modules override and call super)."""
         self.device = torch.device(device)
         return self
@@ -164,8 +164,9 @@ class BagLinear:
         self._key: tuple | None = None
         self._rows = torch.empty(0)
 
-    def __call__(self, linear: nn.Linear, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def __call__(self, linear: nn.Module, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(B, H) for bags whose empty slots already have index 0 and weight 0 (see merge_repeats)."""
+        assert isinstance(linear, nn.Linear), f"BagLinear needs an nn.Linear, got {type(linear).__name__}"
         w = linear.weight  # (H, I)
         key = (w.data_ptr(), w._version, w.device, w.dtype)
         if key != self._key:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 
 from models import REGISTRY, Recommender, pick_device, report
@@ -177,7 +177,7 @@ def _test_job(
         model, fitted = train_model(kind, X, device=device, seed=seed, overrides=selection.overrides)
         train_seconds = fitted.seconds
     values = metrics_on_test(model, protocol)
-    run = {
+    run: dict[str, Any] = {
         "seed": seed,
         "metrics": {m: float(v.mean()) for m, v in values.items()},
         "se": {m: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0 for m, v in values.items()},

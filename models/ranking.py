@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 
 from models.base import Recommender
@@ -45,7 +45,7 @@ def recall_at_k(
 
 def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
     """1 when any held-out item is in the top k, else 0 (HR@k; = recall@k for one held-out item)."""
-    return hits[:, :k].any(axis=1).astype(np.float64)
+    return np.asarray(hits[:, :k].any(axis=1), dtype=np.float64)
 
 
 def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:

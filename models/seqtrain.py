@@ -16,10 +16,10 @@ together), which keeps an epoch on short-sequence data cheap.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -187,7 +187,7 @@ class SequenceRecommender(Recommender):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
 
-    def to(self, device: torch.device | str) -> Recommender:
+    def to(self, device: torch.device | str) -> Self:
         self.net.to(device)
         return super().to(device)
 
