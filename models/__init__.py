@@ -3,7 +3,7 @@
 Importing the package registers every model kind (see `models.base.REGISTRY`).
 """
 
-from models import baselines, cfgan, multvae  # noqa: F401  (import = register)
+from models import baselines, cfgan, hstu, multvae, sasrec  # noqa: F401  (import = register)
 from models.base import REGISTRY, FitReport, Recommender, pick_device
 
 __all__ = ["REGISTRY", "FitReport", "Recommender", "pick_device"]

@@ -7,6 +7,11 @@ tensor; the stream worker calls `score_bag` with each user's rolling state as a 
 (item, weight) pairs, which models whose first layer is linear in the history compute
 without building the (B, n_items) input (an embedding bag); the others get it densified.
 
+Sequence models (`reads_order = True`: SASRec, HSTU) read histories in time order instead,
+through `score_sequences` and `fit_sequences` on the view of `models.sequences` (codes oldest
+first, batches left-padded with -1). Bag models get those calls too: the default turns the
+sequence into a bag (weight 1 per interaction) and calls `score_bag` / `fit`.
+
 Every model keeps its learned parameters as named tensors (`tensors()`) and its
 hyperparameters as a dataclass (`config`), which is all `models.checkpoint` needs to save
 and load it without pickle.
@@ -18,12 +23,15 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from models.sequences import Sequences
 
 
 @dataclass
@@ -49,6 +57,9 @@ class Recommender(abc.ABC):
 
     kind: ClassVar[str]
     Config: ClassVar[type]
+    # True for models that read the order of a history (fit with `fit_sequences`, score with
+    # `score_sequences`); False for bag models, which see a history as item counts.
+    reads_order: ClassVar[bool] = False
 
     def __init__(self, n_items: int, config: Any | None = None) -> None:
         assert n_items > 0, "a recommender needs a catalog of at least one item"
@@ -83,6 +94,18 @@ class Recommender(abc.ABC):
         """
         return self.score(densify_bag(index, weights, self.n_items))
 
+    def score_sequences(self, codes: torch.Tensor, times_s: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, n_items) for histories as sequences: `codes` (B, L) int64 item codes,
+        oldest first, LEFT-padded with -1 (newest item in the last column); `times_s` (B, L)
+        int64 event times in seconds, or None. This default, for bag models, scores the bag
+        of the codes with weight 1 each; sequence models override it.
+        """
+        return self.score_bag(codes, (codes >= 0).to(torch.float32))
+
+    def fit_sequences(self, seqs: Sequences, *, seed: int = 0, on_epoch: EpochCallback | None = None) -> FitReport:
+        """Learn from time-ordered histories; this default, for bag models, fits their bag view."""
+        return self.fit(seqs.to_csr(), seed=seed, on_epoch=on_epoch)
+
     @abc.abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every learned parameter and buffer, by name, for saving."""
@@ -91,7 +114,7 @@ class Recommender(abc.ABC):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of `tensors()`; shapes must match `n_items` and `config`."""
 
-    def to(self, device: torch.device | str) -> Recommender:
+    def to(self, device: torch.device | str) -> Self:
         """Move the model to `device` (models holding torch modules override and call super)."""
         self.device = torch.device(device)
         return self
@@ -141,8 +164,9 @@ class BagLinear:
         self._key: tuple | None = None
         self._rows = torch.empty(0)
 
-    def __call__(self, linear: nn.Linear, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def __call__(self, linear: nn.Module, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(B, H) for bags whose empty slots already have index 0 and weight 0 (see merge_repeats)."""
+        assert isinstance(linear, nn.Linear), f"BagLinear needs an nn.Linear, got {type(linear).__name__}"
         w = linear.weight  # (H, I)
         key = (w.data_ptr(), w._version, w.device, w.dtype)
         if key != self._key:

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
+
+from models.sequences import Sequences
 
 CHUNK_BYTES = 64 * 2**20
 
@@ -218,3 +220,61 @@ def default_data_dir() -> Path:
     """`$STREAMREC_DATA_DIR`, else the `shared/data` folder beside the repository."""
     env = os.environ.get("STREAMREC_DATA_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass
+class InteractionLog:
+    """Time-ordered histories read by `load_interactions`, with the file's ids (index order)."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    sequences: Sequences  # user index -> item codes, oldest first (times when the file has them)
+
+
+def load_interactions(path: Path) -> InteractionLog:
+    """Read `user item [timestamp]` lines (whitespace- or comma-separated, numeric ids, an
+    optional header line) into time-ordered sequences.
+
+    With a timestamp column each user's events are sorted by it, stably (equal times keep
+    line order); without one, line order is time order (as in SASRec's data files). Ids are
+    numbered in ascending numeric order.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        text = f.read().replace(b",", b" ").replace(b"\t", b" ")
+    first, _, rest = text.partition(b"\n")
+    if first.split() and not first.split()[0].replace(b".", b"").replace(b"-", b"").isdigit():
+        text = rest  # a header line
+        first = rest.partition(b"\n")[0]
+    n_columns = len(first.split())
+    if n_columns not in (2, 3):
+        raise RatingsFileError(f"{path}: expected `user item [timestamp]` per line, got {first[:80]!r}")
+    values = np.array(text.split(), dtype=np.float64)
+    if values.size % n_columns:
+        raise RatingsFileError(f"{path}: a line does not have {n_columns} fields like the first ({first[:80]!r})")
+    rows = values.reshape(-1, n_columns)
+    user_raw, users = np.unique(rows[:, 0].astype(np.int64), return_inverse=True)
+    item_raw, items = np.unique(rows[:, 1].astype(np.int64), return_inverse=True)
+    times = rows[:, 2].astype(np.int64) if n_columns == 3 else None
+    return InteractionLog(
+        user_ids=[str(u) for u in user_raw.tolist()],
+        item_ids=[str(i) for i in item_raw.tolist()],
+        sequences=Sequences.from_pairs(users, items, len(user_raw), len(item_raw), times),
+    )
+
+
+def chrono_loo_sequences(folder: Path, udata: Path) -> Sequences:
+    """The chrono-loo training interactions (train.csv) as time-ordered sequences, ordered by
+    the ML-100K timestamps of u.data (equal times keep train.csv's line order)."""
+    folder = Path(folder)
+    user_ids = np.array((folder / "users.txt").read_text().split(), dtype=np.int64)
+    item_ids = np.array((folder / "items.txt").read_text().split(), dtype=np.int64)
+    pairs = _index_pairs(folder / "train.csv", 2)  # (n, 2) user index, item index
+    raw = np.concatenate(list(iter_rating_rows(Path(udata), 4))).astype(np.int64)  # user, item, rating, time
+    key = raw[:, 0] * 1_000_000 + raw[:, 1]
+    order = np.argsort(key)
+    wanted = user_ids[pairs[:, 0]] * 1_000_000 + item_ids[pairs[:, 1]]
+    at = np.searchsorted(key[order], wanted)
+    assert np.array_equal(key[order][np.minimum(at, len(key) - 1)], wanted), "a chrono-loo pair is not in u.data"
+    times = raw[order[at], 3]
+    return Sequences.from_pairs(pairs[:, 0], pairs[:, 1], len(user_ids), len(item_ids), times)

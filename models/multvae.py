@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,7 +106,7 @@ class _Autoencoder(nn.Module):
 @register
 class MultVAE(Recommender):
     kind = "multvae"
-    Config = MultVAEConfig
+    Config: ClassVar[type] = MultVAEConfig
     variational = True
 
     def __init__(self, n_items: int, config=None) -> None:

@@ -2,8 +2,10 @@
 
 `train_model` does not know which model it trains: it looks the kind up in `REGISTRY`,
 applies hyperparameter overrides to the model's own `Config` dataclass, moves the model to
-the chosen device and calls `fit`. The stream worker's trainer, `streamrec train` and the
-offline evaluation all go through here, so a model trains the same way everywhere.
+the chosen device and calls `fit` (bag models, given a CSR matrix) or `fit_sequences`
+(given a `Sequences`: sequence models natively, bag models through its bag view). The stream
+worker's trainer, `streamrec train` and the offline evaluation all go through here, so a
+model trains the same way everywhere.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]
 import torch
 
 from models.base import REGISTRY, EpochCallback, FitReport, Recommender, pick_device
+from models.seqtrain import ITEM_TABLE, SequenceRecommender
+from models.sequences import Sequences
 
 
 def make_config(kind: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -51,7 +55,7 @@ class TrainProgress:
 
 def train_model(
     kind: str,
-    X: sp.csr_matrix,
+    X: sp.csr_matrix | Sequences,
     *,
     device: torch.device | str | None = None,
     seed: int = 0,
@@ -61,12 +65,17 @@ def train_model(
     initial: dict[str, torch.Tensor] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Recommender, FitReport]:
-    """Create a `kind` model for X's catalog, train it on X (n_users, n_items) and return it.
+    """Create a `kind` model for X's catalog, train it on X and return it.
+
+    X is a (n_users, n_items) CSR matrix or a `Sequences` (time-ordered histories); sequence
+    models (`reads_order`) need the latter and raise a TypeError on a matrix.
 
     device None means `pick_device("auto")` (CUDA when torch sees a GPU). `epochs` is a
     shortcut for overrides={"epochs": n} and is ignored by models that do not iterate
     (popularity, EASE, ItemKNN). Same seed, same device -> same model. `initial` (tensors of a
-    model of the same kind, config and catalog) warm-starts training from those weights.
+    model of the same kind and config) warm-starts training from those weights; for a sequence
+    model whose catalog grew since (new items appended), the new items get fresh rows
+    (`models.seqtrain.grow_catalogue`).
     `on_progress` is called after each epoch of an iterative model, before `on_epoch` (for
     progress displays).
     """
@@ -76,13 +85,19 @@ def train_model(
         config = dataclasses.replace(config, epochs=epochs)
     # Weights are drawn when the model is built, so seed before building, not only in fit.
     torch.manual_seed(seed)
-    model = REGISTRY[kind](X.shape[1], config)
+    n_items = X.n_items if isinstance(X, Sequences) else X.shape[1]
+    model = REGISTRY[kind](n_items, config)
     if initial is not None:
+        if isinstance(model, SequenceRecommender) and initial[ITEM_TABLE].shape[0] - 1 < n_items:
+            initial = model.grow_catalogue(initial, n_items, seed)
         model.load_tensors(initial)
     model.to(device if isinstance(device, torch.device) else pick_device(device or "auto"))
     if on_progress is not None:
         on_epoch = _with_progress(on_epoch, on_progress, getattr(config, "epochs", 1))
-    report = model.fit(sp.csr_matrix(X), seed=seed, on_epoch=on_epoch)
+    if isinstance(X, Sequences):
+        report = model.fit_sequences(X, seed=seed, on_epoch=on_epoch)
+    else:
+        report = model.fit(sp.csr_matrix(X), seed=seed, on_epoch=on_epoch)
     return model, report
 
 

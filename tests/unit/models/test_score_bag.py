@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import REGISTRY
 from models.base import densify_bag, merge_repeats
 from models.train import train_model
 
-from .test_recommenders import QUICK
+from .test_recommenders import BAG, QUICK
 
 
 def bags(n_users: int, n_items: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +40,7 @@ def test_densify_bag_adds_repeats_and_skips_empty_slots():
     assert x.tolist() == [[0.5, 3.0, 0.0]]
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTRY))
+@pytest.mark.parametrize("kind", sorted(BAG))
 def test_score_bag_equals_score_of_the_dense_rows(kind, planted):
     overrides = QUICK[kind] | ({"epochs": 2} if kind in ("multvae", "multdae", "cfgan") else {})
     model, _ = train_model(kind, planted, device="cpu", overrides=overrides)
