@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import scipy.sparse as sp  # type: ignore[import-untyped]
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn

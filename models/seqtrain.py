@@ -19,7 +19,7 @@ import time
 from typing import Any, Self
 
 import numpy as np
-import scipy.sparse as sp  # type: ignore[import-untyped]
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp  # type: ignore[import-untyped]
+import scipy.sparse as sp
 import torch
 
 PAD = -1  # the code of an empty slot in a padded batch

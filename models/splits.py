@@ -7,7 +7,7 @@ one split never share a (user, item) entry: a held-out item is never in training
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp  # type: ignore[import-untyped]
+import scipy.sparse as sp
 
 
 def split_entries(X: sp.csr_matrix, frac: float, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
