@@ -109,3 +109,32 @@ def input_rows(
     X = sp.csr_matrix((values, (users[keep], items[keep])), shape=(n_users, n_items), dtype=np.float32)
     X.sum_duplicates()
     return X
+
+
+def sequence_rows(
+    users: np.ndarray, items: np.ndarray, times_ms: np.ndarray, *, n_users: int, recent_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(codes (n_users, L) int64, times_s (n_users, L) int64), L = recent_items: the sequence view
+    of what the worker holds for each user (`models.sequences`: oldest first, LEFT-padded with -1,
+    the newest event in the last column), with the event times in whole seconds as stored.
+
+    Same events as `input_rows`: a user's last `recent_items` events in arrival order (`users`,
+    `items` integer codes, one entry per event). The worker's `UserState.batch` gives the same rows.
+    """
+    codes = np.full((n_users, recent_items), -1, np.int64)
+    times_s = np.zeros((n_users, recent_items), np.int64)
+    n = len(users)
+    if n == 0:
+        return codes, times_s
+    order = np.argsort(users, kind="stable")  # grouped by user, arrival order kept within a user
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    ends = np.r_[starts[1:], n]
+    group = np.repeat(np.arange(len(starts)), ends - starts)
+    from_end = ends[group] - np.arange(n)  # 1 for a user's newest event, 2 for the one before, ...
+    recent = from_end <= recent_items
+    keep = order[recent]
+    column = recent_items - from_end[recent]  # the newest event lands in the last column
+    codes[users[keep], column] = items[keep]
+    times_s[users[keep], column] = stored_times(times_ms[keep]).astype(np.int64)
+    return codes, times_s

@@ -13,8 +13,9 @@ import scipy.sparse as sp
 import torch
 
 from models.base import Recommender
-from models.evaluate import compute_metrics
-from stream_worker.trainer.split import reindex_columns
+from models.ranking import Ranking, rank
+from models.sequences import compact_left
+from stream_worker.trainer.split import reindex_codes, reindex_columns
 
 
 @torch.inference_mode()
@@ -26,29 +27,37 @@ def ranked_quality(
     item_ids: list[str],
     k: int,
     batch_users: int = 1024,
+    *,
+    codes: np.ndarray | None = None,
+    times_s: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall@k (Liang normalisation) and NDCG@k of `model` on (inputs, targets), whose columns are
-    `item_ids`; the model ranks its own catalog `model_item_ids`.
+    `item_ids`; the model ranks its own catalog `model_item_ids`, through `models.ranking.rank`.
 
     As in the worker, input items the model does not know are ignored and input items are never
     recommended. A target the model does not know is a target it misses (it stays in the count),
-    so a model with an older catalog is not flattered.
+    so a model with an older catalog is not flattered. A sequence model (`reads_order`) reads the
+    same inputs in the sequence view, `codes` (U, L) in `item_ids` codes with their `times_s`.
     """
+    assert not model.reads_order or codes is not None, f"{type(model).__name__} needs the inputs as sequences"
     X = reindex_columns(inputs, item_ids, model_item_ids)  # (U, model items)
-    position = {item_id: i for i, item_id in enumerate(item_ids)}
-    back = np.array([position.get(item_id, -1) for item_id in model_item_ids], np.int64)  # model index -> column
+    Y = reindex_columns(targets, item_ids, model_item_ids)  # targets the model can rank
+    seqs = reindex_codes(codes, item_ids, model_item_ids) if codes is not None else None
+    n_relevant = np.diff(targets.indptr)  # all of them, known to the model or not
     k = min(k, len(model_item_ids))
     hits = []
     for lo in range(0, X.shape[0], batch_users):
         x = torch.from_numpy(X[lo : lo + batch_users].toarray()).to(model.device)  # (B, model items)
-        scores = model.score(x).float().masked_fill(x > 0, -torch.inf)
-        top = back[torch.topk(scores, k, dim=1).indices.cpu().numpy()]  # (B, k) columns of item_ids, -1 unknown
-        target = targets[lo : lo + batch_users].toarray() > 0  # (B, n_items)
-        found = np.take_along_axis(target, np.maximum(top, 0), axis=1) & (top >= 0)
-        hits.append(found)
-    n_relevant = np.diff(targets.indptr)
-    values = compute_metrics(
-        np.concatenate(hits) if hits else np.zeros((0, k), bool), n_relevant, [f"recall@{k}", f"ndcg@{k}"], "min"
+        if model.reads_order:
+            assert seqs is not None and times_s is not None
+            batch = compact_left(torch.from_numpy(seqs[lo : lo + batch_users]))  # (B, L)
+            scores = model.score_sequences(batch, torch.from_numpy(times_s[lo : lo + batch_users]))
+        else:
+            scores = model.score(x)  # (B, model items)
+        target = torch.from_numpy(Y[lo : lo + batch_users].toarray() > 0)
+        hits.append(rank(scores, target, exclude=x > 0, k_values=[k]).hits)
+    values = Ranking(np.concatenate(hits) if hits else np.zeros((0, k), bool), n_relevant).metrics(
+        [f"recall@{k}", f"ndcg@{k}"], "min"
     )
     return {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()} | {"users": float(X.shape[0])}
 

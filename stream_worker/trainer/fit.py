@@ -16,20 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import Recommender
+from models.base import REGISTRY, Recommender
 from models.checkpoint import LoadedModel
-from models.evaluate import GRIDS, PATIENCE
+from models.presets import PATIENCE, SERVED
+from models.seqtrain import remap_catalogue
+from models.sequences import Sequences
 from models.train import train_model
 from stream_worker.config import Settings
 from stream_worker.model_input import decay_rate_per_ms
 from stream_worker.trainer.compare import ranked_quality
-from stream_worker.trainer.split import MIN_EVAL_USERS, reindex_columns, temporal_split
+from stream_worker.trainer.split import MIN_EVAL_USERS, TemporalSplit, reindex_codes, reindex_columns, temporal_split
 from stream_worker.trainer.window import EventWindow
 
 log = logging.getLogger(__name__)
 
 
-ITERATIVE = ("multvae", "multdae", "cfgan")  # models whose epoch count is chosen on validation
+ITERATIVE = ("multvae", "multdae", "cfgan", "sasrec", "hstu")  # models whose epoch count is chosen on validation
 
 
 # The offline evaluation annealed Mult-VAE's beta over 200 updates of batches of 100 on ML-100K's
@@ -37,20 +39,45 @@ ITERATIVE = ("multvae", "multdae", "cfgan")  # models whose epoch count is chose
 ANNEAL_EPOCHS = 20
 
 
-def served_overrides(kind: str, n_users: int) -> dict[str, Any]:
-    """Hyperparameters of the configuration the offline evaluation chose for the iterative
-    models (`models.evaluate.GRIDS`), with Mult-VAE's annealing scaled to `n_users`.
-
-    For the models with a grid (EASE, ItemKNN) the winner differed between protocols, so they keep
-    their `Config` defaults. Epochs: STREAMREC_TRAINER_EPOCHS, else chosen on validation (`choose_epochs`).
-    """
-    if kind not in ITERATIVE:
-        return {}
-    overrides = {k: v for k, v in GRIDS[kind][0].items() if k != "epochs"}
+def served_overrides(kind: str, n_users: int, recent_items: int) -> dict[str, Any]:
+    """The hyperparameters a kind serves with (`models.presets.SERVED`), with Mult-VAE's annealing
+    scaled to `n_users` and a sequence model's context set to the state's `recent_items` (what the
+    worker gives it). Epochs: STREAMREC_TRAINER_EPOCHS, else chosen on validation (`choose_epochs`)."""
+    overrides = {k: v for k, v in SERVED.get(kind, {}).items() if k != "epochs"}
     if kind == "multvae":
         updates_per_epoch = math.ceil(n_users / overrides["batch_size"])
         overrides["total_anneal_steps"] = ANNEAL_EPOCHS * updates_per_epoch
+    if REGISTRY[kind].reads_order:
+        overrides["max_len"] = recent_items
     return overrides
+
+
+def training_input(kind: str, split: TemporalSplit, window_item_ids: list[str], item_ids: list[str]) -> Any:
+    """What `kind` trains on, in the catalog `item_ids`: the split's training rows as a matrix, or,
+    for a sequence model, the same states in the sequence view (oldest first)."""
+    if not REGISTRY[kind].reads_order:
+        return reindex_columns(split.train, window_item_ids, item_ids)
+    codes = reindex_codes(split.train_codes, window_item_ids, item_ids)  # (U, L), -1 = empty
+    held = codes >= 0
+    return Sequences(
+        [row[keep] for row, keep in zip(codes, held, strict=True)],
+        len(item_ids),
+        [row[keep] for row, keep in zip(split.train_times_s, held, strict=True)],
+    )
+
+
+def quality(model: Recommender, item_ids: list[str], split: TemporalSplit, window: EventWindow, k: int) -> dict:
+    """`ranked_quality` of `model` (catalog `item_ids`) on the split's evaluation users."""
+    return ranked_quality(
+        model,
+        item_ids,
+        split.eval_inputs,
+        split.eval_targets,
+        window.item_ids,
+        k,
+        codes=split.eval_codes,
+        times_s=split.eval_times_s,
+    )
 
 
 def choose_epochs(
@@ -89,11 +116,10 @@ def choose_epochs(
     scores: list[float] = []
 
     def validate(model: Recommender, epoch: int) -> bool:
-        quality = ranked_quality(model, item_ids, val.eval_inputs, val.eval_targets, window.item_ids, k)
-        scores.append(quality[s.promotion_metric])
+        scores.append(quality(model, item_ids, val, window, k)[s.promotion_metric])
         return epoch - (int(np.argmax(scores)) + 1) < PATIENCE
 
-    X = reindex_columns(val.train, window.item_ids, item_ids)
+    X = training_input(s.trainer_model_kind, val, window.item_ids, item_ids)
     train_model(s.trainer_model_kind, X, overrides=overrides, on_epoch=validate, initial=initial)
     best = int(np.argmax(scores)) + 1
     log.info("chose %d epochs on validation (%s %.4f)", best, s.promotion_metric, scores[best - 1])
@@ -107,19 +133,23 @@ _ITEM_DIMS = {"q_layers.0.weight": 1, "p_layers.1.weight": 0, "p_layers.1.bias":
 def warm_tensors(serving: LoadedModel | None, kind: str, item_ids: list[str]) -> dict[str, torch.Tensor] | None:
     """The serving model's tensors laid out for the catalog `item_ids`, to start training from.
 
-    Items the serving model knew keep their weights, new ones start at zero, items gone are
+    Items the serving model knew keep their weights, new ones start at zero (a sequence model's
+    new item rows: small random ones, `models.seqtrain.remap_catalogue`), items gone are
     dropped. None when there is nothing to start from: no serving model, another kind, or a
-    kind whose item-sized tensors are not known here (only Mult-VAE/DAE can change catalog).
+    kind whose item-sized tensors are not known here (Mult-VAE/DAE and the sequence models can
+    change catalog).
     """
     if serving is None or serving.metadata.kind != kind:
         return None
     tensors = {name: t.detach().cpu() for name, t in serving.model.tensors().items()}
     if item_ids == serving.metadata.item_ids:
         return tensors
-    if kind not in ("multvae", "multdae") or not set(_ITEM_DIMS) <= set(tensors):
-        return None
     position = {item_id: i for i, item_id in enumerate(serving.metadata.item_ids)}
     source = np.array([position.get(item_id, -1) for item_id in item_ids], np.int64)
+    if REGISTRY[kind].reads_order:
+        return remap_catalogue(tensors, source)
+    if kind not in ("multvae", "multdae") or not set(_ITEM_DIMS) <= set(tensors):
+        return None
     to_rows, from_rows = torch.from_numpy(np.flatnonzero(source >= 0)), torch.from_numpy(source[source >= 0])
     for name, dim in _ITEM_DIMS.items():
         old = tensors[name]

@@ -19,9 +19,16 @@ from models.checkpoint import CheckpointError, LoadedModel
 from models.train import train_model
 from stream_worker.config import Settings
 from stream_worker.model_input import decay_rate_per_ms
-from stream_worker.trainer.compare import decide, ranked_quality
-from stream_worker.trainer.fit import ITERATIVE, choose_epochs, served_overrides, warm_tensors
-from stream_worker.trainer.split import MIN_EVAL_USERS, reindex_columns, temporal_split
+from stream_worker.trainer.compare import decide
+from stream_worker.trainer.fit import (
+    ITERATIVE,
+    choose_epochs,
+    quality,
+    served_overrides,
+    training_input,
+    warm_tensors,
+)
+from stream_worker.trainer.split import MIN_EVAL_USERS, temporal_split
 from stream_worker.trainer.window import read_window
 
 log = logging.getLogger(__name__)
@@ -71,8 +78,8 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
     # The candidate's catalog: the items it trains on. Warm start maps the serving model's weights onto it.
     trained_items = np.flatnonzero(np.asarray(split.train.sum(axis=0)).ravel() > 0)
     item_ids = [window.item_ids[i] for i in trained_items]
-    X = reindex_columns(split.train, window.item_ids, item_ids)
-    overrides = served_overrides(s.trainer_model_kind, X.shape[0])
+    X = training_input(s.trainer_model_kind, split, window.item_ids, item_ids)
+    overrides = served_overrides(s.trainer_model_kind, split.train.shape[0], s.state_recent_items)
     initial = warm_tensors(serving, s.trainer_model_kind, item_ids) if s.trainer_warm_start else None
     epochs = s.trainer_epochs
     if epochs is None and s.trainer_model_kind in ITERATIVE:
@@ -88,12 +95,10 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
         model, report = train_model(s.trainer_model_kind, X, epochs=epochs, overrides=overrides, on_epoch=on_epoch)
 
     metric, k = s.promotion_metric, int(s.promotion_metric.split("@")[1])
-    metrics = ranked_quality(model, item_ids, split.eval_inputs, split.eval_targets, window.item_ids, k)
+    metrics = quality(model, item_ids, split, window, k)
     serving_value = None
     if serving is not None:
-        served = ranked_quality(
-            serving.model, serving.metadata.item_ids, split.eval_inputs, split.eval_targets, window.item_ids, k
-        )
+        served = quality(serving.model, serving.metadata.item_ids, split, window, k)
         metrics |= {f"serving_{name}": value for name, value in served.items()}
         serving_value = served[metric]
     metrics["train_seconds"] = report.seconds
@@ -110,7 +115,7 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
         training={
             "source": f"topic:{s.events_topic}",
             "events": len(window),
-            "users": X.shape[0],
+            "users": split.train.shape[0],
             "window_start_ms": window.start_ms,
             "window_end_ms": window.end_ms,
             "cutoff_ms": split.cutoff_ms,  # trained only on events before this event time

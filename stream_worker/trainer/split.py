@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from stream_worker.model_input import input_rows
+from stream_worker.model_input import input_rows, sequence_rows
 from stream_worker.trainer.window import EventWindow
 
 MIN_EVAL_USERS = 10  # fewer users with events after the cut-off: no comparison worth the name
@@ -31,6 +31,12 @@ class TemporalSplit:
     eval_inputs: sp.csr_matrix  # (U, n_items): each evaluated user's state at the cut-off
     eval_targets: sp.csr_matrix  # (U, n_items) 0/1: items of their events after it, not in their input
     heldout_events: int
+    # The same states in the sequence view (`model_input.sequence_rows`, what the worker's batches
+    # hold): (users, recent_items) window item codes, oldest first, left-padded with -1, and times.
+    train_codes: np.ndarray  # rows of `train`
+    train_times_s: np.ndarray
+    eval_codes: np.ndarray  # rows of `eval_inputs`
+    eval_times_s: np.ndarray
 
 
 def temporal_split(
@@ -53,6 +59,9 @@ def temporal_split(
         recent_items=recent_items,
         rate_per_ms=rate_per_ms,
     )  # (n_users, n_items)
+    codes, times_s = sequence_rows(
+        window.users[before], window.items[before], times[before], n_users=n_users, recent_items=recent_items
+    )  # (n_users, recent_items)
     after = ~before
     targets = sp.csr_matrix(
         (np.ones(int(after.sum()), np.float32), (window.users[after], window.items[after])),
@@ -71,7 +80,19 @@ def temporal_split(
         eval_inputs=state_at_cutoff[evaluated],
         eval_targets=targets[evaluated],
         heldout_events=int(after.sum()),
+        train_codes=codes[has_input],
+        train_times_s=times_s[has_input],
+        eval_codes=codes[evaluated],
+        eval_times_s=times_s[evaluated],
     )
+
+
+def reindex_codes(codes: np.ndarray, from_ids: list[str], to_ids: list[str]) -> np.ndarray:
+    """Sequence rows (U, L) with item codes moved from one vocabulary to another; items unknown
+    there become -1 (holes a sequence model's input closes up, `models.sequences.compact_left`)."""
+    position = {item_id: i for i, item_id in enumerate(to_ids)}
+    mapping = np.array([position.get(item_id, -1) for item_id in from_ids] + [-1], np.int64)  # [-1]: -1 -> -1
+    return mapping[codes]
 
 
 def reindex_columns(X: sp.csr_matrix, from_ids: list[str], to_ids: list[str]) -> sp.csr_matrix:

@@ -4,7 +4,8 @@ The state speaks in its own item codes; the model in its own vocabulary (the che
 `item_ids`). A lookup array maps one to the other and is extended as new items appear, so
 per batch only (B, L) indices and weights travel to the device. There the model scores the
 bags (`Recommender.score_bag`: Mult-VAE/DAE and CFGAN never build the dense (B, n_items)
-input), the user's own items are set to -inf at their (B, L) positions only, and top-K
+input) or, for a sequence model (`reads_order`: SASRec, HSTU), the same rows as ordered codes
+and times (`score_sequences`), the user's own items are set to -inf at their (B, L) positions only, and top-K
 reduces the scores to (B, K) before they come back. The result stays in arrays: no Python
 object per user or item is made here.
 """
@@ -19,6 +20,7 @@ import torch
 
 from models.base import Recommender
 from models.checkpoint import LoadedModel
+from models.sequences import compact_left
 from stream_worker.worker.state import ItemCodes, StateBatch
 
 
@@ -115,9 +117,17 @@ class Inference:
 
         with torch.inference_mode():
             index_t = torch.from_numpy(index).to(self.device)
-            weights_t = torch.from_numpy(weights).to(self.device)
-            score_bag = self.model.score_bag if self.sparse else lambda i, w: Recommender.score_bag(self.model, i, w)
-            scores = score_bag(index_t, weights_t).float()  # (B, n_items)
+            if self.model.reads_order:
+                # The sequence view as it is (oldest first, left-padded); items unknown to the
+                # model leave holes, closed up so the newest known item is in the last column.
+                codes = compact_left(index_t)  # (B, L)
+                scores = self.model.score_sequences(codes, torch.from_numpy(batch.times_s.astype(np.int64))).float()
+            else:
+                weights_t = torch.from_numpy(weights).to(self.device)
+                score_bag = (
+                    self.model.score_bag if self.sparse else lambda i, w: Recommender.score_bag(self.model, i, w)
+                )
+                scores = score_bag(index_t, weights_t).float()  # (B, n_items)
             scores.view(-1).index_fill_(0, torch.from_numpy(seen).to(self.device), -torch.inf)
             top = torch.topk(scores, k, dim=1)  # (B, k)
         top_scores, top_index = top.values.cpu().numpy(), top.indices.cpu().numpy()

@@ -115,11 +115,14 @@ class SnapshotRows:
 
 @dataclass
 class StateBatch:
-    """The state of B users, ready for scoring: decayed weights of their recent items."""
+    """The state of B users, ready for scoring: their recent items in the sequence view
+    (`models.sequences`: oldest first, left-padded with -1, the newest in the last column;
+    `model_input.sequence_rows` gives the trainer the same rows), with decayed weights and times."""
 
     user_ids: list[str]
-    item_codes: np.ndarray  # (B, L) int32, -1 = empty slot
+    item_codes: np.ndarray  # (B, L) int32, oldest first, -1 = empty slot (only on the left)
     weights: np.ndarray  # (B, L) float32, time-decayed; 0 where empty
+    times_s: np.ndarray  # (B, L) uint32 event times in whole seconds; 0 where empty
     events_seen: np.ndarray  # (B,) int64
     last_event_ms: np.ndarray  # (B,) int64
     last_event_ids: list[str]
@@ -198,16 +201,22 @@ class UserState:
         """Snapshot of `user_ids` (all must be held), weights decayed to each user's newest event."""
         slots = np.fromiter((self._slots[u] for u in user_ids), np.int64, len(user_ids))
         self._unbatched.difference_update(user_ids)
-        codes = self._item_codes[slots]  # (B, L)
-        weights = self._weights[slots]  # (B, L)
+        # Ring positions, oldest first and left-padded: with n events seen, position (n + j) mod L
+        # holds column j; while n < L the first L - n of those are the never-written (-1) slots.
+        n = self._events_seen[slots]
+        order = (n[:, None] + np.arange(self.recent_items)) % self.recent_items  # (B, L)
+        rows = slots[:, None]
+        codes = self._item_codes[rows, order]  # (B, L)
+        weights = self._weights[rows, order]  # (B, L)
+        times_s = self._times_s[rows, order]  # (B, L)
         last = self._last_event_ms[slots]  # (B,)
-        times_ms = times_ms_of(self._times_s[slots])
-        weights = decayed(weights, times_ms, last[:, None], self._decay_per_ms)  # model_input's rule
+        weights = decayed(weights, times_ms_of(times_s), last[:, None], self._decay_per_ms)  # model_input's rule
         weights = np.where(codes >= 0, weights, 0.0).astype(np.float32)
         return StateBatch(
             user_ids=list(user_ids),
             item_codes=codes,
             weights=weights,
+            times_s=np.where(codes >= 0, times_s, 0).astype(TIME_DTYPE),
             events_seen=self._events_seen[slots],
             last_event_ms=last,
             last_event_ids=[self._last_event_id[s] for s in slots],

@@ -47,7 +47,12 @@ def window(world: SyntheticWorld, n_events: int, seeds: list[int]):
 def candidate(split, w, item_ids, epochs: int, initial=None):
     X = reindex_columns(split.train, w.item_ids, item_ids)
     model, report = train_model(
-        "multvae", X, device="cpu", epochs=epochs, overrides=served_overrides("multvae", X.shape[0]), initial=initial
+        "multvae",
+        X,
+        device="cpu",
+        epochs=epochs,
+        overrides=served_overrides("multvae", X.shape[0], 100),
+        initial=initial,
     )
     quality = ranked_quality(model, item_ids, split.eval_inputs, split.eval_targets, w.item_ids, 20)
     return model, report.seconds, quality

@@ -124,3 +124,38 @@ def test_ranked_from_lists_pads_short_rows():
     assert ranked.counts.tolist() == [2, 1, 0]
     assert ranked.item_ids == [["b", "a"], ["c"], []] and ranked.scores == [[2.0, 1.0], [0.5], []]
     assert ranked.top_ids.tolist() == [["b", "a"], ["c", ""], ["", ""]]
+
+
+class OrderedScores(FixedScores):
+    """A sequence-model test double: remembers the ordered codes and times it was given."""
+
+    reads_order = True
+
+    def score_sequences(self, codes: torch.Tensor, times_s: torch.Tensor | None = None) -> torch.Tensor:
+        self.seen_codes, self.seen_times = codes.clone(), times_s
+        return self.scores.expand(codes.shape[0], -1).clone()
+
+
+def test_a_sequence_model_gets_the_users_items_in_order_unknown_ones_closed_up():
+    s = state_with([("a", "i2", "VIEW"), ("a", "unknown", "VIEW"), ("a", "i0", "CLICK"), ("b", "i1", "VIEW")])
+    model = OrderedScores([0.1, 0.2, 0.3, 0.4])
+    meta = CheckpointMetadata(
+        kind="ordered-test-double", version=1, item_ids=["i0", "i1", "i2", "i3"], hyperparameters={}
+    )
+    inference = Inference(LoadedModel(model=model, metadata=meta, path=None), s.items, torch.device("cpu"), 2)  # type: ignore[arg-type]
+    ranked = inference.recommend(s.batch(["a", "b"]))
+    # (B, L = 8): oldest first, left-padded; the unknown item's hole is closed up, so i0 is newest.
+    assert model.seen_codes[0].tolist() == [-1] * 6 + [2, 0] and model.seen_codes[1].tolist() == [-1] * 7 + [1]
+    assert model.seen_times[0, -1].item() == 0 and ranked.item_ids == [["i3", "i1"], ["i3", "i2"]]
+
+
+def test_a_real_sasrec_serves_finite_lists_for_short_left_padded_histories():
+    from models.sasrec import SASRec
+
+    s = state_with([("a", "i1", "VIEW"), ("b", "i0", "VIEW"), ("b", "i2", "VIEW")])
+    model = SASRec(4, SASRec.Config(d_model=16, n_blocks=1, max_len=8))
+    meta = CheckpointMetadata(kind="sasrec", version=1, item_ids=["i0", "i1", "i2", "i3"], hyperparameters={})
+    inference = Inference(LoadedModel(model=model, metadata=meta, path=None), s.items, torch.device("cpu"), 4)  # type: ignore[arg-type]
+    ranked = inference.recommend(s.batch(["a", "b"]))
+    assert np.isfinite(ranked.top_scores[ranked.index >= 0]).all()
+    assert sorted(ranked.item_ids[0]) == ["i0", "i2", "i3"] and sorted(ranked.item_ids[1]) == ["i1", "i3"]

@@ -4,7 +4,7 @@ import numpy as np
 
 from stream_worker.codec import UserEvent
 from stream_worker.config import DEFAULT_EVENT_WEIGHTS
-from stream_worker.model_input import decay_rate_per_ms, input_rows, interaction_weight
+from stream_worker.model_input import decay_rate_per_ms, input_rows, interaction_weight, sequence_rows
 from stream_worker.worker.state import UserState
 
 DAY_MS = 24 * 3600 * 1000
@@ -84,3 +84,27 @@ def test_trainer_and_worker_round_weights_and_event_times_alike():
         n_users=1, n_items=4, recent_items=4, rate_per_ms=decay_rate_per_ms(5.0),
     ).toarray()[0]  # fmt: skip
     np.testing.assert_allclose(rows, from_state, rtol=1e-6)
+
+
+def test_trainer_sequences_equal_the_worker_states_sequence_view():
+    """What a sequence model is trained and judged on (model_input.sequence_rows, the trainer) is
+    exactly what the worker's batches give it: the same codes in the same order, the same times."""
+    rng = np.random.default_rng(1)
+    n, n_users, n_items, recent = 300, 9, 40, 6
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    times = 1_700_000_000_000 + np.sort(rng.integers(0, 20 * DAY_MS, n))
+    times[::5] -= DAY_MS  # late arrivals: arrival order is the order, not event time
+    users[:2] = n_users - 1  # one user with fewer events than `recent`: left padding
+    users[users == n_users - 1] = [n_users - 1] * 2 + [0] * (int((users == n_users - 1).sum()) - 2)
+    events = [UserEvent(f"e{i}", f"u{users[i]}", f"i{items[i]}", "VIEW", None, int(times[i])) for i in range(n)]
+
+    state = UserState(max_users=100, recent_items=recent, event_weights=DEFAULT_EVENT_WEIGHTS, decay_half_life_s=0)
+    state.apply((e, 0, -1) for e in events)
+    batch = state.batch([f"u{u}" for u in range(n_users)])
+    ids = state.items.ids
+    from_state = np.array([[int(ids[c][1:]) if c >= 0 else -1 for c in row] for row in batch.item_codes])
+
+    codes, times_s = sequence_rows(users, items, times, n_users=n_users, recent_items=recent)
+    assert (codes[n_users - 1] == -1).sum() == recent - 2, "a short history is left-padded"
+    np.testing.assert_array_equal(codes, from_state)
+    np.testing.assert_array_equal(times_s, batch.times_s.astype(np.int64))

@@ -47,7 +47,13 @@ def publisher(producer: FakeProducer, clock: Clock | None = None, dlq_max_bytes:
 
 def one_list(pub: Publisher, user: str = "u") -> None:
     batch = StateBatch(
-        [user], np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32), np.array([1]), np.array([5]), ["e"]
+        user_ids=[user],
+        item_codes=np.zeros((1, 1), np.int32),
+        weights=np.ones((1, 1), np.float32),
+        times_s=np.zeros((1, 1), np.uint32),
+        events_seen=np.array([1]),
+        last_event_ms=np.array([5]),
+        last_event_ids=["e"],
     )
     pub.recommendations(batch, Ranked.from_lists([["i"]], [[1.0]]), model_name="m", model_version=1)
 

@@ -56,7 +56,8 @@ def test_time_decay_halves_the_weight_after_one_half_life():
     s = state(decay_half_life_s=24 * 3600)
     s.apply([(ev("a", "old", 0, "CLICK"), 0, -1), (ev("a", "new", DAY_MS, "CLICK"), 0, -1)])
     batch = s.batch(["a"])
-    by_item = dict(zip(codes_to_ids(s, batch.item_codes[0]), batch.weights[0][:2], strict=True))
+    held = batch.item_codes[0] >= 0
+    by_item = dict(zip(codes_to_ids(s, batch.item_codes[0]), batch.weights[0][held], strict=True))
     assert by_item["new"] == pytest.approx(2.0)
     assert by_item["old"] == pytest.approx(1.0, rel=1e-5)
 
@@ -150,3 +151,14 @@ def test_weights_and_times_are_held_as_the_model_input_defines_them():
     restored.restore(snap)
     again = restored.snapshot("a")  # what the changelog carries restores exactly
     assert again.weights.tolist() == snap.weights.tolist() and again.times_ms.tolist() == snap.times_ms.tolist()
+
+
+def test_a_batch_is_the_sequence_view_oldest_first_left_padded_also_after_the_ring_wraps():
+    s = state(recent_items=4)
+    s.apply([(ev("a", f"i{n}", 1000 * n), 0, -1) for n in range(2)])  # 2 of 4 slots
+    s.apply([(ev("b", f"i{n}", 1000 * n), 0, -1) for n in range(6)])  # wrapped: the last 4 held
+    batch = s.batch(["a", "b"])
+    ids = s.items.ids
+    assert [ids[c] if c >= 0 else None for c in batch.item_codes[0]] == [None, None, "i0", "i1"]
+    assert [ids[c] for c in batch.item_codes[1]] == ["i2", "i3", "i4", "i5"]
+    assert batch.times_s[1].tolist() == [2, 3, 4, 5] and batch.times_s[0].tolist() == [0, 0, 0, 1]

@@ -6,6 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from models.baselines import Popularity
+from models.presets import SERVED
 from stream_worker.config import Settings
 from stream_worker.trainer.compare import decide, ranked_quality
 from stream_worker.trainer.fit import ANNEAL_EPOCHS, served_overrides
@@ -87,10 +88,12 @@ def test_promotion_needs_the_candidate_within_the_margin_of_serving():
 
 
 def test_served_mult_vae_anneals_over_the_evaluated_number_of_epochs_at_any_size():
-    assert served_overrides("multvae", 943) == {"batch_size": 100, "total_anneal_steps": ANNEAL_EPOCHS * 10}
-    assert served_overrides("multvae", 138_493)["total_anneal_steps"] == ANNEAL_EPOCHS * 1385
-    assert served_overrides("ease", 1000) == {}
-    assert "epochs" not in served_overrides("cfgan", 1000)
+    assert served_overrides("multvae", 943, 100) == {"batch_size": 100, "total_anneal_steps": ANNEAL_EPOCHS * 10}
+    assert served_overrides("multvae", 138_493, 100)["total_anneal_steps"] == ANNEAL_EPOCHS * 1385
+    assert served_overrides("ease", 1000, 100) == SERVED["ease"]  # one source: models/presets.py
+    assert "epochs" not in served_overrides("cfgan", 1000, 100)
+    # A sequence model reads what the worker holds: its context is the state's recent items.
+    assert served_overrides("sasrec", 1000, 50)["max_len"] == 50 and "epochs" not in served_overrides("hstu", 10, 8)
 
 
 def test_warm_start_carries_known_items_weights_into_a_changed_catalog():
@@ -131,7 +134,7 @@ def test_without_a_set_epoch_count_it_is_chosen_by_early_stopping_on_an_earlier_
         return model, report
 
     monkeypatch.setattr("stream_worker.trainer.fit.train_model", recording_train_model)
-    epochs = choose_epochs(settings, w, split.cutoff_ms, w.item_ids, served_overrides("multvae", 48), None)
+    epochs = choose_epochs(settings, w, split.cutoff_ms, w.item_ids, served_overrides("multvae", 48, 100), None)
     assert epochs is not None and epochs >= 1
     assert trained_epochs == [epochs + 10], "stops PATIENCE epochs after the best one, far below the default 200"
 
@@ -173,3 +176,31 @@ def test_the_trainer_loop_retries_sooner_after_failures_and_returns_to_the_inter
     trainer.run()
     assert waits == [10.0, 20.0, 300.0, 10.0]  # a success resets the back-off
     assert trainer.metrics.rounds.labels("failed")._value.get() == 3
+
+
+def test_a_sequence_model_trains_from_the_window_and_the_gate_scores_it_on_the_sequence_view():
+    """A world where only order carries signal: each user walks the catalog in steps of +1 from a
+    random start, so the next item follows from the last one alone and popularity is flat. SASRec
+    trained by the trainer's own steps (split -> training_input -> train -> quality) learns it."""
+    from models.train import train_model
+    from stream_worker.trainer.fit import quality, training_input
+
+    rng = np.random.default_rng(0)
+    n_items, rows = 20, []
+    for u in range(120):
+        start = int(rng.integers(0, n_items))
+        # Users walk side by side in time: the held-out freshest events are everyone's last steps.
+        rows += [(f"u{u:03d}", f"i{(start + step) % n_items:02d}", 1000 * step + u) for step in range(8)]
+    rows.sort(key=lambda r: r[2])
+    w = window_of(rows)
+    split = temporal_split(w, holdout_fraction=0.1, not_before_ms=0, recent_items=6, rate_per_ms=0.0)
+    items = w.item_ids
+    X = training_input("sasrec", split, items, items)
+    assert len(X) == split.train.shape[0] and all((np.diff(c) % n_items == 1).all() for c in X.codes), (
+        "training sequences are each user's events in order"
+    )
+    overrides = served_overrides("sasrec", len(X), 6) | {"d_model": 32, "dropout": 0.0, "batch_size": 32}
+    model, _ = train_model("sasrec", X, device="cpu", epochs=40, overrides=overrides, seed=0)
+    pop, _ = train_model("pop", split.train, device="cpu")
+    learnt, flat = quality(model, items, split, w, 1), quality(pop, items, split, w, 1)
+    assert learnt["ndcg@1"] > 0.8 and learnt["ndcg@1"] > 3 * flat["ndcg@1"], (learnt, flat)
