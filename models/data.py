@@ -247,9 +247,14 @@ def load_interactions(path: Path) -> InteractionLog:
         text = rest  # a header line
         first = rest.partition(b"\n")[0]
     n_columns = len(first.split())
+    if n_columns == 0:
+        raise RatingsFileError(f"{path}: no interactions (expected `user item [timestamp]` per line)")
     if n_columns not in (2, 3):
         raise RatingsFileError(f"{path}: expected `user item [timestamp]` per line, got {first[:80]!r}")
-    values = np.array(text.split(), dtype=np.float64)
+    try:
+        values = np.array(text.split(), dtype=np.float64)
+    except ValueError as exc:  # a field that is not a number
+        raise RatingsFileError(f"{path}: every field must be a number ({exc}); ids are numeric here") from None
     if values.size % n_columns:
         raise RatingsFileError(f"{path}: a line does not have {n_columns} fields like the first ({first[:80]!r})")
     rows = values.reshape(-1, n_columns)

@@ -174,14 +174,20 @@ def rank_hits(
 
 
 def holdout_metrics(
-    model: Recommender, fold_in: sp.csr_matrix, held_out: sp.csr_matrix, k: int = 20
+    model: Recommender,
+    fold_in: sp.csr_matrix,
+    held_out: sp.csr_matrix,
+    k: int = 20,
+    *,
+    sequences: Sequences | None = None,
 ) -> dict[str, float]:
     """Recall@k (Liang normalisation) and NDCG@k of `model` on held-out users.
 
     For the streaming trainer's "is the new model better than the serving one" check: the
     model scores each user's fold_in row, fold_in items are masked, held_out items are the
-    targets (see `models.splits.split_users_holdout`).
+    targets (see `models.splits.split_users_holdout`). A sequence model reads the same fold_in
+    histories in time order from `sequences` (`split_users_holdout_in_time`).
     """
-    hits, n_relevant = rank_hits(model, fold_in, held_out, k)
+    hits, n_relevant = rank_hits(model, fold_in, held_out, k, sequences=sequences)
     values = compute_metrics(hits, n_relevant, [f"recall@{k}", f"ndcg@{k}"], "min")
     return {name: float(v.mean()) if len(v) else 0.0 for name, v in values.items()} | {"users": len(hits)}

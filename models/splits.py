@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from models.sequences import Sequences
+
 
 def split_entries(X: sp.csr_matrix, frac: float, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(kept, held_out): a random `frac` of X's nonzero entries, chosen globally, goes to held_out.
@@ -57,6 +59,31 @@ def split_users_holdout(
     users = rng.permutation(X.shape[0])
     fold_in, held_out = split_fold_in(X[users[:n_heldout]], frac_items, rng)
     return X[np.sort(users[n_heldout:])], fold_in, held_out
+
+
+def split_users_holdout_in_time(
+    seqs: Sequences, frac_users: float, seed: int, *, frac_items: float = 0.2
+) -> tuple[Sequences, Sequences, sp.csr_matrix]:
+    """(train, fold_in, held_out) as `split_users_holdout`, for time-ordered histories: the
+    held-out users' newest `frac_items` of events (at least one) are the targets, their older
+    events the input in order. train and fold_in are Sequences; held_out is (n_heldout, n_items)
+    0/1, items already in the user's input removed (they are never recommended)."""
+    rng = np.random.default_rng(seed)
+    long_enough = np.flatnonzero(seqs.lengths() >= 2)
+    n_heldout = max(1, round(frac_users * len(seqs)))
+    assert n_heldout < len(long_enough), f"holding out {n_heldout} users needs more users with >= 2 events"
+    heldout = np.sort(rng.permutation(long_enough)[:n_heldout])
+    train = np.setdiff1d(np.arange(len(seqs)), heldout)
+    held = seqs.subset(heldout)
+    drop = np.maximum(1, np.floor(frac_items * held.lengths())).astype(np.int64)  # (U,) newest events held out
+    fold_in = held.head(drop)
+    rows, cols = [], []
+    for u, (codes, n) in enumerate(zip(held.codes, drop, strict=True)):
+        targets = np.setdiff1d(codes[len(codes) - n :], fold_in.codes[u])
+        rows += [u] * len(targets)
+        cols += targets.tolist()
+    held_out = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(heldout), seqs.n_items))
+    return seqs.subset(train), fold_in, held_out
 
 
 def _mask_entries(X: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:

@@ -34,7 +34,7 @@ def train(
     ratings: Annotated[Path | None, typer.Option(help="MovieLens u.data, ratings.dat or ratings.csv")] = None,
     from_topic: Annotated[bool, typer.Option(help="Train on the events topic's window instead")] = False,
     epochs: Annotated[int | None, typer.Option(help="Default: the model's own (multvae: 200)")] = None,
-    kind: Annotated[str, typer.Option(help="multvae, multdae, cfgan, ease, itemknn or pop")] = "multvae",
+    kind: Annotated[str, typer.Option(help="multvae, multdae, cfgan, sasrec, hstu, ease, itemknn or pop")] = "multvae",
     min_rating: Annotated[float | None, typer.Option(help="Keep ratings >= this (default: all)")] = None,
     bootstrap_servers: Bootstrap = None,
     verbose: Verbose = False,
@@ -67,24 +67,37 @@ def train(
         )
         return
     assert ratings is not None
+    from models.base import REGISTRY
     from models.data import load_ratings
     from models.evaluate import holdout_metrics
-    from models.splits import split_users_holdout
+    from models.presets import SERVED
+    from models.sequences import Sequences
+    from models.splits import split_users_holdout, split_users_holdout_in_time
     from models.train import train_model
 
     if not ratings.is_file():
         fail(f"{ratings} is not a file (--ratings).", USAGE)
     data = load_ratings(ratings, min_rating=min_rating)
     # Some users are held out (their rows never train the model) for an honest validation figure.
-    rows, fold_in, held_out = split_users_holdout(data.matrix, TRAIN_HOLDOUT_USERS, seed=0)
+    sequences = None
+    if REGISTRY[kind].reads_order:  # a sequence model learns each user's events in time order
+        if data.timestamps is None:
+            fail(f"--kind {kind} reads the order of events, and {ratings} has no timestamps.", USAGE)
+        seqs = Sequences.from_csr_with_times(data.matrix, data.timestamps)
+        rows, sequences, held_out = split_users_holdout_in_time(seqs, TRAIN_HOLDOUT_USERS, seed=0)
+        fold_in, n_train = sequences.to_csr(), len(rows)  # the newest 20% of a held-out user's events are targets
+    else:
+        rows, fold_in, held_out = split_users_holdout(data.matrix, TRAIN_HOLDOUT_USERS, seed=0)
+        n_train = rows.shape[0]
     console.print(
-        f"training {kind} on {rows.shape[0]} users x {len(data.item_ids)} items "
-        f"({len(data.user_ids) - rows.shape[0]} users held out for validation)"
+        f"training {kind} on {n_train} users x {len(data.item_ids)} items "
+        f"({len(data.user_ids) - n_train} users held out for validation)"
     )
     k = min(TRAIN_EVAL_K, len(data.item_ids))
-    with _EpochProgress(console, fold_in, held_out, k) as progress:
-        model, report = train_model(kind, rows, epochs=epochs, on_progress=progress.update)
-    metrics = holdout_metrics(model, fold_in, held_out, k=k)
+    overrides = SERVED.get(kind, {})  # models/presets.py; --epochs replaces the preset's epoch count
+    with _EpochProgress(console, fold_in, held_out, k, sequences) as progress:
+        model, report = train_model(kind, rows, epochs=epochs, overrides=overrides, on_progress=progress.update)
+    metrics = holdout_metrics(model, fold_in, held_out, k=k, sequences=sequences)
     metrics["train_seconds"] = report.seconds
     if report.curve:
         metrics.update({f"final_{k}": v for k, v in report.curve[-1].items() if k.startswith("loss")})
@@ -96,8 +109,8 @@ def train(
         metrics=metrics,
         training={
             "source": f"ratings:{ratings.name}",
-            "events": int(rows.nnz),
-            "users": rows.shape[0],
+            "events": int(data.matrix.nnz),
+            "users": n_train,
             "seconds": report.seconds,
         },
     )
@@ -111,10 +124,12 @@ class _EpochProgress:
 
     SAMPLE_USERS = 500  # validation users scored per epoch (all of them at the end)
 
-    def __init__(self, out: Console, fold_in: Any, held_out: Any, k: int) -> None:
+    def __init__(self, out: Console, fold_in: Any, held_out: Any, k: int, sequences: Any = None) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        sample = range(min(self.SAMPLE_USERS, held_out.shape[0]))
         self.out, self.fold_in, self.held_out = out, fold_in[: self.SAMPLE_USERS], held_out[: self.SAMPLE_USERS]
+        self.sequences = None if sequences is None else sequences.subset(list(sample))
         self.k = k
         self.bar = Progress(
             TextColumn("epoch {task.completed}/{task.total}"),
@@ -138,7 +153,8 @@ class _EpochProgress:
     def update(self, progress: Any) -> None:
         from models.evaluate import holdout_metrics
 
-        figure = holdout_metrics(progress.model, self.fold_in, self.held_out, k=self.k)[f"ndcg@{self.k}"]
+        figures = holdout_metrics(progress.model, self.fold_in, self.held_out, k=self.k, sequences=self.sequences)
+        figure = figures[f"ndcg@{self.k}"]
         loss = "" if progress.loss is None else f"loss {progress.loss:.4g}  "
         text = f"{loss}validation ndcg@{self.k} {figure:.4f}"
         self.bar.update(self.task, total=progress.epochs, completed=progress.epoch, figure=text)
@@ -153,9 +169,15 @@ class _EpochProgress:
 
 @app.command()
 def evaluate(
-    protocol: Annotated[str, typer.Option(help="cfgan-ml100k, chrono-loo or strong")],
+    protocol: Annotated[str, typer.Option(help="cfgan-ml100k, chrono-loo, strong or next-item")],
     models: Annotated[str, typer.Option(help="Comma-separated kinds")] = "multvae,multdae,cfgan,ease,itemknn,pop",
     ratings: Annotated[Path | None, typer.Option(help="Ratings file; needed by (only) the strong protocol")] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="next-item: `user item [timestamp]` per line (SASRec's data format)")
+    ] = None,
+    negatives: Annotated[
+        int | None, typer.Option(help="next-item: rank the target against N sampled unseen items (SASRec: 100)")
+    ] = None,
     seeds: Annotated[int, typer.Option(help="Repeat with this many seeds")] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG comparing models")] = None,
@@ -167,6 +189,7 @@ def evaluate(
     """Offline evaluation under a published protocol; prints a table.
 
     streamrec evaluate --protocol chrono-loo --models multvae,ease,pop --json runs/chrono.json
+    streamrec evaluate --protocol next-item --interactions Video.txt --negatives 100 --models sasrec,ease
     """
     from models import evaluate as evaluation
     from models.base import REGISTRY
@@ -184,8 +207,17 @@ def evaluate(
             fail("--protocol strong needs --ratings PATH (u.data, ratings.dat or ratings.csv)", USAGE)
         if not ratings.is_file():
             fail(f"{ratings} is not a file (--ratings).", USAGE)
+    if protocol == "next-item":
+        if interactions is None:
+            fail("--protocol next-item needs --interactions FILE (`user item [timestamp]` per line)", USAGE)
+        if not interactions.is_file():
+            fail(f"{interactions} is not a file (--interactions).", USAGE)
+    elif interactions is not None or negatives is not None:
+        fail("--interactions and --negatives belong to --protocol next-item", USAGE)
+    if negatives is not None and negatives < 1:
+        fail(f"--negatives {negatives}: give the number of sampled items to rank against, e.g. 100", USAGE)
     folder = data_dir or evaluation.DEFAULT_DATA_DIR
-    if protocol != "strong" and not Path(folder).is_dir():
+    if protocol not in ("strong", "next-item") and not Path(folder).is_dir():
         fail(
             f"{folder} does not exist (--data-dir, or STREAMREC_DATA_DIR): it must hold the MovieLens splits "
             "(ml-100k-cfgan-split/, ml-100k-chrono-loo/); see ../shared/data/README.md",
@@ -200,4 +232,6 @@ def evaluate(
         plot_out=plot,
         data_dir=folder,
         device=device,
+        interactions=interactions,
+        negatives=negatives,
     )

@@ -34,3 +34,16 @@ def test_exceptions_carry_their_exit_code_and_sentence():
     assert explain(KafkaUnavailable("no broker at h:1"))[1] == RUNTIME
     message, code = explain(KeyError("k"))
     assert code == RUNTIME and "--verbose" in message
+
+
+def test_next_item_evaluation_mistakes_are_one_sentence(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--protocol", "next-item"])
+    assert result.exit_code == 2 and "needs --interactions FILE" in result.output
+    result = runner.invoke(app, ["evaluate", "--protocol", "chrono-loo", "--negatives", "100"])
+    assert result.exit_code == 2 and "belong to --protocol next-item" in result.output
+    (tmp_path / "words.txt").write_text("user item\nalice book\n")
+    result = runner.invoke(app, ["evaluate", "--protocol", "next-item", "--interactions", str(tmp_path / "words.txt")])
+    from stream_worker.cli.common import USAGE, explain
+
+    message, code = explain(result.exception)  # what `streamrec` prints, and its exit code
+    assert code == USAGE and "words.txt: every field must be a number" in message
