@@ -20,6 +20,7 @@ from stream_worker.cli.common import (
     console,
     fail,
     need_kafka,
+    need_model_kind,
     stop_on_signals,
     verbose_on,
 )
@@ -142,15 +143,23 @@ def demo(
     report: Annotated[
         Path | None, typer.Option(help="Where the PNG report goes (default: runs/demo/report.png)")
     ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Model kind trained and served (default: STREAMREC_TRAINER_MODEL_KIND)")
+    ] = None,
     bootstrap_servers: Bootstrap = None,
     verbose: Verbose = False,
 ) -> None:
     """Everything end to end on a synthetic world: broker, topics, first model, worker, trainer,
     live events with progress, example recommendations, a PNG report; then stops all it started
-    and deletes its topics."""
+    and deletes its topics.
+
+    streamrec demo --kind sasrec
+    """
     from stream_worker.devtools.demo import run_demo
 
     cli_settings(verbose, bootstrap_servers=bootstrap_servers)  # fail fast on bad settings
+    if kind is not None:
+        need_model_kind(kind, "--kind")
     try:
         code = run_demo(
             bootstrap_servers=bootstrap_servers,
@@ -159,6 +168,7 @@ def demo(
             console=console,
             verbose=verbose or verbose_on(),
             report=report,
+            kind=kind,
         )
     except KafkaStartError as exc:
         fail(str(exc), RUNTIME)
@@ -171,14 +181,17 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda, for the model stages and the worker")] = "cpu",
     out: Annotated[Path, typer.Option(help="Where bench.json, bench.png and worker.log go")] = Path("runs/bench"),
     seconds_per_rate: Annotated[float | None, typer.Option(help="Seconds of events at each rate")] = None,
+    kind: Annotated[str, typer.Option(help="The model served: multvae, sasrec, hstu, ...")] = "multvae",
     bootstrap_servers: Annotated[
         str | None, typer.Option("--bootstrap-servers", "-b", help="Use this broker instead of starting one")
     ] = None,
 ) -> None:
     """End-to-end speed on a Kafka broker: stage limits, a naive consumer, the worker draining a
-    backlog, latency at 250/500/1000 events/s; prints a table, writes JSON and a PNG.
+    backlog, latency at 250/500/1000 events/s and at 1000 with a CPU hog beside the worker;
+    prints a table, writes JSON and a PNG.
 
     streamrec bench --quick
+    streamrec bench --kind sasrec
     """
     from stream_worker.devtools.bench import quick_or_full, run_bench
 
@@ -189,7 +202,8 @@ def bench(
 
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda was asked for but torch sees no GPU; run with --device cpu.", 2)
-    config = quick_or_full(quick, device=device, seconds_per_rate=seconds_per_rate)
+    need_model_kind(kind, "--kind")
+    config = quick_or_full(quick, device=device, seconds_per_rate=seconds_per_rate, kind=kind)
     try:
         run_bench(config, out, bootstrap_servers=bootstrap_servers)
     except KafkaStartError as exc:

@@ -1,18 +1,21 @@
 """`streamrec bench`: the end-to-end benchmark on a Kafka broker, in one command and one run.
 
     1. stage limits, each stage alone in this process on the same events: consume, decode,
-       state, model (batch 1 and 256, dense input and sparse bags), encode (+ produce);
+       state, model (batch 1 and 256; a bag model's dense input and sparse bags, a sequence
+       model's ordered codes), encode (+ produce);
     2. a naive per-event consumer on the same records: poll 1, decode, batch-1 forward, produce;
     3. the real worker (`streamrec worker`, its own process) draining the backlog;
     4. latency at fixed rates: a producer process sends events at R/s stamped with the time
        they are sent, a reader process receives the recommendations, and latency = time the
        reader has a list - `event_time` of the newest event it reflects. The worker's own
-       stage times over each run come from its /metrics.
+       stage times over each run come from its /metrics. Then again at `loaded_rates` with a
+       CPU hog (a process spinning on one core) beside the worker: the tail under load.
 
-The model is a random-initialised Mult-VAE (600-200; speed does not depend on the weights) of
-`n_items` items; events pick users uniformly and items from a Zipf law. Figures go to a
-table on stdout, `bench.json` and `bench.png` in the output folder. Nothing here is faked:
-every figure is measured in the same run, on whatever else the machine is doing.
+The model is a random-initialised `--kind` (Mult-VAE 600-200 by default; SASRec, HSTU, ...) with
+the hyperparameters it serves with (`models/presets.py`; speed does not depend on the weights),
+of `n_items` items; events pick users uniformly and items from a Zipf law. Figures go to a table
+on stdout, `bench.json` and `bench.png` in the output folder. Nothing here is faked: every figure
+is measured in the same run, on whatever else the machine is doing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_worker.codec import RECOMMENDATION, USER_EVENT, SingleObjectCodec, from_user_event
 from stream_worker.config import Settings, topics_under
@@ -42,6 +45,9 @@ from stream_worker.devtools.bench_setup import (
 )
 from stream_worker.devtools.bench_worker import WorkerProcess, at_rate, drain
 from stream_worker.kafka.clients import new_consumer, position
+
+if TYPE_CHECKING:  # models.* imports torch: imported when the bench runs, so `streamrec --help` stays quick
+    from models.base import Recommender
 
 
 def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, results: Results) -> None:
@@ -78,8 +84,11 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
     loaded = checkpoint.load(model_dir, device)
     users = sorted({e.user_id for e, *_ in events})
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for sparse in (False, True):
-        inference = Inference(loaded, state.items, device, config.top_k, sparse=sparse)
+    # Bag models: the dense (B, n_items) input against the sparse bags the worker uses; a sequence
+    # model has one path (ordered codes), measured once.
+    paths = ["sequence"] if loaded.model.reads_order else ["dense", "sparse"]
+    for path in paths:
+        inference = Inference(loaded, state.items, device, config.top_k, sparse=path != "dense")
         for batch_size in (1, 256):
             ids = users[: config.model_batch1_users] if batch_size == 1 else users
             inference.recommend(state.batch(ids[:batch_size]))  # warm-up
@@ -88,7 +97,7 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
             for lo in range(0, len(ids), batch_size):
                 inference.recommend(state.batch(ids[lo : lo + batch_size]))
             sync()
-            name = f"model b{batch_size} {'sparse' if sparse else 'dense'} users/s"
+            name = f"model b{batch_size} {path} users/s"
             stages[name] = len(ids) / (time.perf_counter() - started)
 
     # Encoding: the per-record codec (fastavro) against the batch encoder, on 256-user batches.
@@ -96,18 +105,18 @@ def stage_limits(config: BenchConfig, settings: Settings, model_dir: Path, resul
     out_codec = SingleObjectCodec(RECOMMENDATION)
     started = time.perf_counter()
     for batch, ranked in batches:
-        [out_codec.encode(record(batch, ranked, b, "multvae", 1, 0)) for b in range(len(batch.user_ids))]
+        [out_codec.encode(record(batch, ranked, b, config.kind, 1, 0)) for b in range(len(batch.user_ids))]
     stages["encode (codec) lists/s"] = len(users) / (time.perf_counter() - started)
     encoder = RecommendationEncoder(out_codec)
     started = time.perf_counter()
     for batch, ranked in batches:
-        encoder.encode(batch, ranked, model_name="multvae", model_version=1, generated_at=0)
+        encoder.encode(batch, ranked, model_name=config.kind, model_version=1, generated_at=0)
     stages["encode (batch encoder) lists/s"] = len(users) / (time.perf_counter() - started)
     topic = f"{settings.recommendations_topic}.stage"
     producer = warm_producer(settings, topic)
     started = time.perf_counter()
     for batch, ranked in batches:
-        values = encoder.encode(batch, ranked, model_name="multvae", model_version=1, generated_at=0)
+        values = encoder.encode(batch, ranked, model_name=config.kind, model_version=1, generated_at=0)
         for user_id, value in zip(batch.user_ids, values, strict=True):
             producer.produce(topic, value, user_id.encode())
         producer.poll(0)
@@ -185,7 +194,7 @@ def naive_consumer(config: BenchConfig, settings: Settings, model_dir: Path) -> 
             state.apply([(event, *position(msg)[1:])])
             batch = state.batch([event.user_id])
             ranked = inference.recommend(batch)
-            value = out_codec.encode(record(batch, ranked, 0, "multvae", 1, int(time.time() * 1000)))
+            value = out_codec.encode(record(batch, ranked, 0, config.kind, 1, int(time.time() * 1000)))
             producer.produce(topic, value, msg.key())
             producer.poll(0)
             done += 1
@@ -207,7 +216,6 @@ def run_bench(
     import torch
 
     from models import checkpoint
-    from models.multvae import MultVAE
     from stream_worker.config import load_settings
     from stream_worker.kafka.local import DEFAULT_HOME, LocalKafka, free_port
     from stream_worker.kafka.topics import ensure_topics
@@ -221,7 +229,7 @@ def run_bench(
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name() if config.device == "cuda" else "cpu",
             "load average at start": os.getloadavg()[0],
-            "model": "Mult-VAE 600-200, random initial weights (speed does not depend on them)",
+            "model": f"{config.kind} as served (models/presets.py), random initial weights",
         },
     )
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp_name:
@@ -250,7 +258,7 @@ def run_bench(
             extra = [f"{settings.recommendations_topic}.{name}" for name in ("stage", "naive")]
             create_topics(settings, extra, config.partitions)
             torch.manual_seed(config.seed)
-            checkpoint.save(MultVAE(config.n_items), tmp / "model", item_ids=item_ids(config), name="multvae")
+            checkpoint.save(served_model(config), tmp / "model", item_ids=item_ids(config), name=config.kind)
 
             say(f"producing a backlog of {config.backlog_events:,} events ({config.n_users:,} users, "
                 f"{config.n_items:,} items) ...")  # fmt: skip
@@ -270,6 +278,10 @@ def run_bench(
             for rate in config.rates:
                 say(f"4/4 latency at {rate:g} events/s for {config.seconds_per_rate:g} s ...")
                 results.rates.append(at_rate(settings, worker, config, rate, tmp, broker.pid() if broker else None))
+            for rate in config.loaded_rates:
+                say(f"4/4 latency at {rate:g} events/s with a CPU hog beside the worker ...")
+                broker_pid = broker.pid() if broker else None
+                results.rates.append(at_rate(settings, worker, config, rate, tmp, broker_pid, hog=True))
             code = worker.stop()
             worker = None
             assert code == 0, f"the worker exited with code {code}; see {out_dir / 'worker.log'}"
@@ -279,26 +291,47 @@ def run_bench(
             if broker is not None:
                 broker.destroy()
 
-    s = results.stages
-    results.ratios = {
-        "drain / naive": results.drain["events/s"] / results.naive_events_per_s,
-        "model b256 sparse / dense": s["model b256 sparse users/s"] / s["model b256 dense users/s"],
-        "model b1 sparse / dense": s["model b1 sparse users/s"] / s["model b1 dense users/s"],
-        "model b256 / b1 (sparse)": s["model b256 sparse users/s"] / s["model b1 sparse users/s"],
-        "batch encoder / codec": s["encode (batch encoder) lists/s"] / s["encode (codec) lists/s"],
-        # Model vs the other stage limits (events or lists per second over users per second):
-        # how many times faster than the model each of the worker's other stages is.
-        **{
-            f"{name} / model b256 sparse": s[name] / s["model b256 sparse users/s"]
-            for name in ("consume events/s", "decode events/s", "state events/s", "encode+produce lists/s")
-        },
-    }
+    results.ratios = ratios(results)
     (out_dir / "bench.json").write_text(json.dumps(asdict(results), indent=1))
     (out_dir / "bench.md").write_text(markdown(results))
     plot(results, out_dir / "bench.png")
     say(table(results))
     say(f"wrote {out_dir / 'bench.json'}, bench.md (the tables for README) and bench.png")
     return results
+
+
+def served_model(config: BenchConfig) -> Recommender:
+    """A `config.kind` model with the hyperparameters it serves with, for `n_items` items."""
+    from models.base import REGISTRY
+    from models.presets import SERVED
+    from models.train import make_config
+
+    overrides = dict(SERVED.get(config.kind, {}))
+    if REGISTRY[config.kind].reads_order:
+        overrides["max_len"] = config.recent_items  # what the worker gives it, as the trainer sets it
+    return REGISTRY[config.kind](config.n_items, make_config(config.kind, overrides))
+
+
+def ratios(results: Results) -> dict[str, float]:
+    """The run's figures against each other (all measured in the same run)."""
+    s = results.stages
+    path = "sequence" if "model b256 sequence users/s" in s else "sparse"  # how the worker scores this kind
+    served = f"model b256 {path} users/s"
+    out = {
+        "drain / naive": results.drain["events/s"] / results.naive_events_per_s,
+        f"model b256 / b1 ({path})": s[served] / s[f"model b1 {path} users/s"],
+        "batch encoder / codec": s["encode (batch encoder) lists/s"] / s["encode (codec) lists/s"],
+        # Model vs the other stage limits (events or lists per second over users per second):
+        # how many times faster than the model each of the worker's other stages is.
+        **{
+            f"{name} / model b256 {path}": s[name] / s[served]
+            for name in ("consume events/s", "decode events/s", "state events/s", "encode+produce lists/s")
+        },
+    }
+    if path == "sparse":
+        out["model b256 sparse / dense"] = s["model b256 sparse users/s"] / s["model b256 dense users/s"]
+        out["model b1 sparse / dense"] = s["model b1 sparse users/s"] / s["model b1 dense users/s"]
+    return out
 
 
 def quick_or_full(quick: bool, **overrides: Any) -> BenchConfig:

@@ -9,6 +9,11 @@ import numpy as np
 from stream_worker.devtools.bench_setup import Results
 
 
+def rate_label(r: dict) -> str:
+    """A rate's row name: "1000", or "1000 + hog" for the run with a CPU hog beside the worker."""
+    return f"{r['rate']:g}" + (" + hog" if r.get("loaded") else "")
+
+
 def table(results: Results) -> str:
     lines = [f"{'stage limit (each stage alone)':<44}{'per second':>14}"]
     lines += [f"{name:<44}{value:>14,.0f}" for name, value in results.stages.items()]
@@ -28,23 +33,23 @@ def table(results: Results) -> str:
         + ", ".join(f"{stage} {d[f'{stage} s total'] / wall:.0%}" for stage in loop_stages)
         + f", the rest (polling, loop) {max(1 - sum(d[f'{stage} s total'] for stage in loop_stages) / wall, 0):.0%}",
         "",
-        f"{'rate':>6} {'achieved':>9} {'lists':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'rate':>11} {'achieved':>9} {'lists':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'gen p50':>8} {'gen p99':>8} {'users/batch':>12} {'wait':>6} {'infer':>6} {'publ':>6} {'commit':>7}",
     ]
     for r in results.rates:
         lines.append(
-            f"{r['rate']:>6g} {r['achieved events/s']:>9,.0f} {r['lists']:>7} {r['latency p50 ms']:>8.1f} "
+            f"{rate_label(r):>11} {r['achieved events/s']:>9,.0f} {r['lists']:>7} {r['latency p50 ms']:>8.1f} "
             f"{r['latency p90 ms']:>8.1f} {r['latency p99 ms']:>8.1f} {r['latency max ms']:>8.1f} "
             f"{r['event to generated_at p50 ms']:>8.1f} {r['event to generated_at p99 ms']:>8.1f} "
             f"{r['users per batch']:>12.1f} {r['batch_wait ms']:>6.1f} {r['inference ms']:>6.1f} "
             f"{r['publish ms']:>6.1f} {r['commit ms']:>7.1f}"
         )
     lines += [
-        f"{'rate':>6} {'cpu % of a core: worker':>24} {'broker':>7} {'producer':>9} {'reader':>7} {'machine busy':>13}"
+        f"{'rate':>11} {'cpu % of a core: worker':>24} {'broker':>7} {'producer':>9} {'reader':>7} {'machine busy':>13}"
     ]
     for r in results.rates:
         lines.append(
-            f"{r['rate']:>6g} {r['cpu % worker']:>24.0f} {r['cpu % broker']:>7.0f} {r['cpu % producer']:>9.0f} "
+            f"{rate_label(r):>11} {r['cpu % worker']:>24.0f} {r['cpu % broker']:>7.0f} {r['cpu % producer']:>9.0f} "
             f"{r['cpu % reader']:>7.0f} {r['cpu % machine']:>12.0f}%"
         )
     lines += [
@@ -59,13 +64,15 @@ def table(results: Results) -> str:
 def markdown(results: Results) -> str:
     """The headline figures as Markdown tables (what README's Results section shows)."""
     s, d = results.stages, results.drain
-    rows = [
-        "| figure | dense input | sparse (embedding bag) | sparse / dense |",
-        "|---|---:|---:|---:|",
-    ]
-    for b in (1, 256):
-        dense, sparse = s[f"model b{b} dense users/s"], s[f"model b{b} sparse users/s"]
-        rows.append(f"| model only, batch {b}, users/s | {dense:,.0f} | {sparse:,.0f} | {sparse / dense:.2f}x |")
+    rows = [f"Model: {results.config['kind']} ({results.environment['model']}).", ""]
+    if "model b1 sequence users/s" in s:  # a sequence model has one path: ordered codes
+        rows += ["| figure | users/s |", "|---|---:|"]
+        rows += [f"| model only, batch {b}, users/s | {s[f'model b{b} sequence users/s']:,.0f} |" for b in (1, 256)]
+    else:
+        rows += ["| figure | dense input | sparse (embedding bag) | sparse / dense |", "|---|---:|---:|---:|"]
+        for b in (1, 256):
+            dense, sparse = s[f"model b{b} dense users/s"], s[f"model b{b} sparse users/s"]
+            rows.append(f"| model only, batch {b}, users/s | {dense:,.0f} | {sparse:,.0f} | {sparse / dense:.2f}x |")
     rows += [
         "",
         "| figure | per second |",
@@ -84,7 +91,7 @@ def markdown(results: Results) -> str:
     ]
     for r in results.rates:
         rows.append(
-            f"| {r['rate']:g} | {r['lists']:,} | {r['latency p50 ms']:.0f} | {r['latency p90 ms']:.0f} | "
+            f"| {rate_label(r)} | {r['lists']:,} | {r['latency p50 ms']:.0f} | {r['latency p90 ms']:.0f} | "
             f"{r['latency p99 ms']:.0f} | {r['event to generated_at p50 ms']:.0f} / "
             f"{r['event to generated_at p99 ms']:.0f} | {r['users per batch']:.0f} | {r['batch_wait ms']:.0f} / "
             f"{r['inference ms']:.0f} / {r['publish ms']:.0f} / {r['commit ms']:.0f} |"
@@ -96,7 +103,7 @@ def markdown(results: Results) -> str:
     ]
     for r in results.rates:
         rows.append(
-            f"| {r['rate']:g} | {r['cpu % worker']:.0f} | {r['cpu % broker']:.0f} | {r['cpu % producer']:.0f} | "
+            f"| {rate_label(r)} | {r['cpu % worker']:.0f} | {r['cpu % broker']:.0f} | {r['cpu % producer']:.0f} | "
             f"{r['cpu % reader']:.0f} | {r['cpu % machine']:.0f}% of {results.environment['cpus']} cores |"
         )
     return "\n".join(rows) + "\n"
@@ -116,7 +123,7 @@ def plot(results: Results, path: Path) -> None:
             left.plot(
                 lat,
                 np.arange(1, len(lat) + 1) / len(lat),
-                label=f"{r['rate']:g} events/s (p99 {r['latency p99 ms']:.0f} ms)",
+                label=f"{rate_label(r)} events/s (p99 {r['latency p99 ms']:.0f} ms)",
             )
     left.axvline(50, color="grey", linestyle="--", linewidth=1)
     left.text(50, 0.02, " 50 ms", color="grey")

@@ -32,13 +32,16 @@ class BenchConfig:
     device: str = "cpu"
     partitions: int = 3
     seed: int = 0
+    kind: str = "multvae"  # the model served (random initial weights: speed does not depend on them)
+    # Rates run again with a CPU hog beside the worker (a process spinning on one core): the tail under load.
+    loaded_rates: tuple[float, ...] = (1000.0,)
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
         """A smoke test of every phase in well under a minute (figures are not meaningful)."""
         small = dict(
             n_items=500, n_users=300, backlog_events=3_000, naive_events=200, model_batch1_users=100,
-            rates=(200.0,), seconds_per_rate=3.0, warmup_s=0.5,
+            rates=(200.0,), loaded_rates=(200.0,), seconds_per_rate=3.0, warmup_s=0.5,
         )  # fmt: skip
         return cls(**{**small, **overrides})
 

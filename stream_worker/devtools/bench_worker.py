@@ -189,6 +189,14 @@ def _machine_busy_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _hog_process(stop: Any) -> None:
+    """Child process: one core busy until `stop` is set (the load of a noisy neighbour)."""
+    n = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            n += 1
+
+
 def at_rate(
     settings: Settings,
     worker: WorkerProcess,
@@ -196,8 +204,20 @@ def at_rate(
     rate: float,
     tmp: Path,
     broker_pid: int | None = None,
+    *,
+    hog: bool = False,
 ) -> dict[str, Any]:
+    """Latency at `rate` events/s; with `hog`, while a process keeps one core busy beside the worker."""
     ctx = mp.get_context("spawn")
+    if hog:
+        hog_stop = ctx.Event()
+        hogger = ctx.Process(target=_hog_process, args=(hog_stop,), daemon=True)
+        hogger.start()
+        try:
+            return at_rate(settings, worker, config, rate, tmp, broker_pid) | {"loaded": True}
+        finally:
+            hog_stop.set()
+            hogger.join(10)
     ready, stop = ctx.Event(), ctx.Event()
     reader_out, producer_out = tmp / f"reader-{rate:g}.npy", tmp / f"producer-{rate:g}.json"
     common = settings.kafka_common()
@@ -234,6 +254,7 @@ def at_rate(
     pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
     return {
         "rate": rate,
+        "loaded": False,
         "achieved events/s": sent["sent"] / sent["seconds"],
         "lists": len(counted),
         "latency p50 ms": pct(latency, 50),

@@ -62,8 +62,11 @@ def run_demo(
     console: Console,
     verbose: bool = False,
     report: Path | None = None,
+    kind: str | None = None,
 ) -> int:
-    """The demo; returns the exit code. Raises KafkaUnavailable when a named cluster does not answer."""
+    """The demo; returns the exit code. Raises KafkaUnavailable when a named cluster does not answer.
+
+    `kind`: the model kind the trainer trains and the worker serves (default STREAMREC_TRAINER_MODEL_KIND)."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     workdir = Path.cwd() / "runs" / "demo"
     broker = None
@@ -86,6 +89,7 @@ def run_demo(
         trainer_min_events=1000,
         trainer_interval_s=3600,
         trainer_epochs=20,
+        **({"trainer_model_kind": kind} if kind else {}),
         trainer_torch_threads=1,  # this demo runs everything on one machine: leave the worker a core
     )
     settings = quiet(settings, verbose)

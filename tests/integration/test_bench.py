@@ -28,7 +28,8 @@ def test_quick_bench_measures_every_figure(kafka_bootstrap, tmp_path):
     assert 1028 < state["allocated bytes"] < 4000  # + user id, last event id, the dict entry
     drain = saved["drain"]
     assert drain["events"] == 3000 and drain["events/s"] > 0 and drain["users per batch"] >= 1
-    (rate,) = saved["rates"]
+    rate, loaded = saved["rates"]  # the rate, then the same rate with a CPU hog beside the worker
+    assert not rate["loaded"] and loaded["loaded"] and loaded["rate"] == 200 and loaded["lists"] > 100
     assert rate["rate"] == 200 and 150 < rate["achieved events/s"] < 250
     # Every list counted reflects an event of this run, so latencies are positive and bounded.
     assert rate["lists"] > 100 and len(rate["latencies ms"]) == rate["lists"]
@@ -39,3 +40,15 @@ def test_quick_bench_measures_every_figure(kafka_bootstrap, tmp_path):
     assert 0 < rate["cpu % machine"] <= 100
     assert set(saved["ratios"]) >= {"drain / naive", "model b256 sparse / dense", "batch encoder / codec"}
     assert results.ratios["drain / naive"] == saved["ratios"]["drain / naive"]
+
+
+def test_quick_bench_serves_a_sequence_model(kafka_bootstrap, tmp_path):
+    results = run_bench(
+        BenchConfig.quick(kind="sasrec"), tmp_path, bootstrap_servers=kafka_bootstrap, say=lambda _: None
+    )
+    s = results.stages
+    assert s["model b1 sequence users/s"] > 0 and s["model b256 sequence users/s"] > 0
+    assert not any("dense" in name or "sparse" in name for name in s), "a sequence model has one scoring path"
+    assert results.drain["events"] == 3000 and all(r["lists"] > 100 for r in results.rates)
+    assert results.ratios["model b256 / b1 (sequence)"] > 0 and results.ratios["drain / naive"] > 0
+    assert "sasrec" in (tmp_path / "bench.md").read_text()
