@@ -147,7 +147,7 @@ def train_from_topic(settings: Settings, model_dir: Path, *, on_epoch: EpochCall
         "PROMOTED" if promoted else "REJECTED",
         reason,
         len(window),
-        X.shape[0],
+        split.train.shape[0],
         len(item_ids),
         report.seconds,
         f", warm start from v{serving_version}" if initial is not None else "",

@@ -13,6 +13,7 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Producer
 
+from models import checkpoint
 from stream_worker.codec import SingleObjectCodec, UserEvent, from_user_event
 from stream_worker.devtools.replay import publish_events
 from stream_worker.devtools.synthetic import SyntheticWorld
@@ -164,6 +165,35 @@ def test_a_model_announced_by_the_trainer_is_picked_up_with_no_event_lost(settin
     assert_fresh_recommendations(newest, after, model_version=2)
     for user_id, history in by_user(before + after).items():
         assert newest[user_id]["events_reflected"] == len(history), f"{user_id}: an event was lost in the swap"
+
+
+def test_the_trainer_trains_a_sasrec_from_the_log_and_the_worker_serves_it(settings):
+    """The sequence model end to end: trained by the periodic trainer from the event topic (the
+    state's sequence view), announced, swapped in while the worker runs, and serving fresh lists."""
+    now_ms = int(time.time() * 1000)
+    before, after = events_of(2500, seed=14, start_ms=now_ms - 60_000), events_of(1000, seed=15, start_ms=now_ms)
+    publish_events(settings, before)
+    with running_worker(settings) as worker:
+        wait_until(lambda: drained(settings), 60, "the worker to drain the first events")
+        trainer_settings = settings.model_copy(
+            update={
+                "trainer_model_kind": "sasrec",
+                "trainer_min_events": 100,
+                "trainer_epochs": 3,
+                "promotion_margin": 1.0,  # this test is about training and serving the kind, not the gate
+            }
+        )
+        path = Trainer(trainer_settings).round()
+        assert path is not None
+        meta = checkpoint.read_metadata(path)
+        assert meta.kind == "sasrec" and meta.hyperparameters["max_len"] == settings.state_recent_items
+        wait_until(lambda: worker.inference.model_version == 2, 60, "the worker to swap in the SASRec")
+        assert worker.inference.model.reads_order
+        publish_events(settings, after)
+        wait_until(lambda: drained(settings), 60, "the worker to drain the events after the swap")
+
+    newest = newest_per_user(read_recommendations(settings))
+    assert_fresh_recommendations(newest, after, model_version=2)
 
 
 def _worker_process(settings) -> subprocess.Popen[bytes]:
