@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Interface the HTTP endpoint binds")
 
     # --- trainer -----------------------------------------------------------------------
-    trainer_model_kind: str = Field("multvae", description="multvae, multdae, cfgan, ease, itemknn or pop")
+    trainer_model_kind: str = Field(
+        "multvae", description="multvae, multdae, cfgan, sasrec, hstu, ease, itemknn or pop"
+    )
     trainer_interval_s: float = Field(
         300.0, gt=0, description="Seconds between training rounds (after a failed one: 10 s, doubling up to this)"
     )
