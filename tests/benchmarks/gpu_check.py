@@ -5,7 +5,9 @@ must give the dense path's scores on cuda and the CPU's, and its speed against t
 input is printed for an ML-1M-sized catalog; then train a Mult-VAE on the synthetic world
 with `models.train` on cuda -> save a checkpoint -> load it onto cuda -> rolling state from
 events -> batched masked top-K on cuda (sparse path), checked against the world's ground
-truth and against the same checkpoint served on the CPU.
+truth and against the same checkpoint served on the CPU; then the sequence model (SASRec): the same
+left-padded rows scored on the device and the CPU (finite, equal), training epochs timed on both, and
+model-only users/s at batch 1 and 256.
 
     python -m tests.benchmarks.gpu_check                 # on the GPU machine
     python -m tests.benchmarks.gpu_check --device cpu    # the same checks, CPU only
@@ -78,11 +80,59 @@ def check_sparse_path(device: str, n_items: int = 3706, n_users: int = 2048, len
     return figures
 
 
+def check_sequence_path(
+    device: str, n_items: int = 3706, n_users: int = 2048, length: int = 100, epochs: int = 2
+) -> dict[str, float]:
+    """SASRec on `device` against the CPU: the same scores for short, left-padded histories (one
+    empty, one of length 1), seconds per training epoch on both, and model-only users/s."""
+    from models.sequences import Sequences
+    from models.train import make_config
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, n_items, (n_users, length), generator=gen)  # (B, L)
+    lengths = torch.randint(1, length + 1, (n_users,), generator=gen)
+    lengths[0], lengths[1] = 0, 1
+    codes = torch.where(torch.arange(length) >= length - lengths[:, None], codes, -1)  # left padding
+    config = make_config("sasrec", {"max_len": length, "epochs": epochs})
+    torch.manual_seed(0)
+    on_cpu = REGISTRY["sasrec"](n_items, config)
+    model = REGISTRY["sasrec"](n_items, config)
+    model.load_tensors(on_cpu.tensors())
+    model.to(device)
+    here, there = model.score_sequences(codes[:256].to(device)), on_cpu.score_sequences(codes[:256])
+    assert torch.isfinite(here).all(), "SASRec scores are not finite on padded rows"
+    torch.testing.assert_close(here.cpu(), there, rtol=1e-3, atol=1e-3)
+    print(
+        f"sasrec on {device}: padded rows finite and equal to the CPU's "
+        f"(max diff {(here.cpu() - there).abs().max():.1e})"
+    )
+    figures = {}
+    for batch_size in (1, 256):
+        rows = codes[: 200 if batch_size == 1 else n_users].to(device)
+        model.score_sequences(rows[:batch_size])  # warm-up
+        sync(device)
+        started = time.perf_counter()
+        for lo in range(0, len(rows), batch_size):
+            model.score_sequences(rows[lo : lo + batch_size])
+        sync(device)
+        figures[f"b{batch_size} users/s"] = len(rows) / (time.perf_counter() - started)
+    seqs = Sequences([row[row >= 0].numpy() for row in codes], n_items)
+    for where in dict.fromkeys([device, "cpu"]):
+        torch.manual_seed(0)
+        trained = REGISTRY["sasrec"](n_items, config).to(where)
+        report = trained.fit_sequences(seqs)
+        sync(where)
+        figures[f"{where} s/epoch"] = report.seconds / len(report.curve)
+    print(f"sasrec on {device}, {n_items} items, L={length}: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()))
+    return figures
+
+
 def main(device: str = "cuda", epochs: int = 20) -> None:
     if device == "cuda":
         assert torch.cuda.is_available(), "no GPU visible to torch (use --device cpu for the CPU-only checks)"
         print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
     check_sparse_path(device)
+    check_sequence_path(device)
     world = SyntheticWorld(n_users=5000, n_items=3000, seed=5)
     users, items, _ = world.sample(200_000, seed=1)
     X = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(world.n_users, world.n_items))
