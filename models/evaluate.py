@@ -8,7 +8,9 @@ The protocols live in `models.protocols`, the metrics and the one ranking functi
 `models.ranking`, the grids and patience in `models.presets`; the names below re-export them.
 
 Every protocol ranks the whole catalog for each test user after removing the items the
-model was given as input ("full ranking"); users with nothing to predict are skipped.
+model was given as input ("full ranking"); users with nothing to predict are skipped. With
+sampled negatives (next-item --negatives N), the metrics named `sampled_<metric>@k` rank the
+target among its N candidates instead, next to the full-ranking ones of the same model.
 Hyperparameters (a small grid per model, and the epoch count of iterative models through
 early stopping) are chosen on validation data only; the test data is touched once per seed.
 """
@@ -74,15 +76,8 @@ class EarlyStopping:
 
     def validate(self, model: Recommender) -> float:
         p = self.protocol
-        hits, n_relevant = rank_hits(
-            model,
-            p.val_input,
-            p.val_target,
-            int(p.select.split("@")[1]),
-            sequences=p.val_sequences,
-            candidates=p.val_candidates,
-        )
-        return float(compute_metrics(hits, n_relevant, [p.select], p.recall_normalise)[p.select].mean())
+        values = metric_values(model, p, [p.select], p.val_input, p.val_target, p.val_sequences, p.val_candidates)
+        return float(values[p.select].mean())
 
     def __call__(self, model: Recommender, epoch: int) -> bool:
         value = self.validate(model)
@@ -147,18 +142,40 @@ def select_model(
 # ---------------------------------------------------------------------------------------------
 
 
+SAMPLED = "sampled_"  # a metric named sampled_<metric>@k ranks the target among sampled candidates
+
+
+def metric_values(
+    model: Recommender,
+    protocol: Protocol,
+    names: list[str],
+    inputs: sp.csr_matrix,
+    targets: sp.csr_matrix,
+    sequences: Sequences | None,
+    candidates: sp.csr_matrix | None,
+) -> dict[str, np.ndarray]:
+    """Per-user values of `names`: plain names rank the whole catalog, `sampled_` ones only
+    each user's `candidates` (one ranking pass per kind asked for)."""
+    out: dict[str, np.ndarray] = {}
+    for sampled in (False, True):
+        group = [n for n in names if n.startswith(SAMPLED) == sampled]
+        if not group:
+            continue
+        assert not sampled or candidates is not None, f"{group} need sampled candidates, and the protocol has none"
+        bare = [n.removeprefix(SAMPLED) for n in group]
+        k_max = max(int(name.split("@")[1]) for name in bare)
+        hits, n_relevant = rank_hits(
+            model, inputs, targets, k_max, sequences=sequences, candidates=candidates if sampled else None
+        )
+        values = compute_metrics(hits, n_relevant, bare, protocol.recall_normalise)
+        out |= {name: values[b] for name, b in zip(group, bare, strict=True)}
+    return out
+
+
 def metrics_on_test(model: Recommender, protocol: Protocol) -> dict[str, np.ndarray]:
     """Per-user test values of every metric of the protocol."""
-    k_max = max(int(name.split("@")[1]) for name in protocol.metrics)
-    hits, n_relevant = rank_hits(
-        model,
-        protocol.test_input,
-        protocol.test_target,
-        k_max,
-        sequences=protocol.test_sequences,
-        candidates=protocol.test_candidates,
-    )
-    return compute_metrics(hits, n_relevant, protocol.metrics, protocol.recall_normalise)
+    p = protocol
+    return metric_values(model, p, p.metrics, p.test_input, p.test_target, p.test_sequences, p.test_candidates)
 
 
 def _select_job(kind: str, protocol: Protocol, seed: int, device: torch.device) -> Selection:

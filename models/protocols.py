@@ -60,7 +60,8 @@ class Protocol:
     val_sequences: Sequences | None = None
     test_train_sequences: Sequences | None = None
     test_sequences: Sequences | None = None
-    # With sampled negatives, the (U, I) items each user's target is ranked among (None: all).
+    # With sampled negatives, the (U, I) items each user's target is ranked among for the
+    # metrics named "sampled_<metric>@k" (None: no such metrics); the others rank every item.
     val_candidates: sp.csr_matrix | None = None
     test_candidates: sp.csr_matrix | None = None
 
@@ -207,7 +208,10 @@ def next_item(path: Path, negatives: int | None = None, seed: int = 0) -> Protoc
     read them in time order, bag models as bags). Each target is ranked against every item,
     the user's other seen items excluded (full ranking), or, with `negatives` = N, against N
     items drawn uniformly from those the user never interacted with (seeded by `seed`; the
-    same draw for every model). HR@10, NDCG@10, NDCG@20; selection by validation NDCG@10.
+    same draw for every model). HR@10, NDCG@10, NDCG@20 in full ranking, and with `negatives`
+    also `sampled_hr@10`, `sampled_ndcg@10` among the candidates, from the same model: one run
+    gives both. Selection by validation NDCG@10 in full ranking, with or without `negatives`, so
+    the full-ranking figures do not depend on whether negatives were drawn.
     """
     log = load_interactions(Path(path))
     seqs = log.sequences
@@ -231,7 +235,7 @@ def next_item(path: Path, negatives: int | None = None, seed: int = 0) -> Protoc
     train_csr = train.to_csr()
     return Protocol(
         name="next-item",
-        metrics=["hr@10", "ndcg@10", "ndcg@20"],
+        metrics=["hr@10", "ndcg@10", "ndcg@20"] + ([] if negatives is None else ["sampled_hr@10", "sampled_ndcg@10"]),
         select="ndcg@10",
         recall_normalise="min",
         tune_train=train_csr,

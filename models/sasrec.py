@@ -5,7 +5,8 @@ SASRec?", RecSys 2023 (SASRec+CE).
 
 The last max_len item codes of a user (LEFT-padded with -1, see `models.sequences`) are
 embedded (tied input/output item table plus a padding row), a learned position embedding
-is added (positions count back from the newest item, so padding never shifts them), and
+is added (positions count back from the newest item, so padding never shifts them; drawn
+at the item table's N(0, 0.02), not nn.Embedding's N(0, 1), which would swamp the items), and
 optionally a bucketed time-gap embedding; then `n_blocks` pre-LN causal self-attention
 blocks. The state at the newest position scores the catalog.
 
@@ -67,6 +68,10 @@ class SASRecNet(SequenceNet):
         super().__init__(n_items, c.d_model)
         self.max_len, self.time_buckets, self.scale = c.max_len, c.time_buckets, math.sqrt(c.d_model)
         self.pos_emb = nn.Embedding(c.max_len, c.d_model)
+        # nn.Embedding draws N(0, 1); the items are N(0, 0.02) * sqrt(d_model) (0.16 at d = 64), so
+        # at that scale the positions drown the items and training crawls (chrono-loo ML-100K:
+        # validation NDCG@10 0.08 after 50 epochs instead of 0.10 after 10). Same scale as the items.
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.gap_emb = nn.Embedding(c.time_buckets + 1, c.d_model) if c.time_buckets else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList([Block(c.d_model, c.n_heads, c.dropout) for _ in range(c.n_blocks)])

@@ -56,7 +56,13 @@ def test_next_item_runs_bag_and_sequence_models(tmp_path):
     assert full["sasrec"]["ndcg@10"] > full["ease"]["ndcg@10"] + 0.1 > full["pop"]["ndcg@10"]
     assert full["sasrec"]["data"]["test_users"] == 200 and 0 <= full["pop"]["hr@10"] <= 1
     sampled = {r["model"]: r for r in run_protocol("next-item", ["pop"], negatives=20, **kwargs)}
-    assert sampled["pop"]["hr@10"] > full["pop"]["hr@10"], "10 of 21 candidates is easier than 10 of 60"
+    assert "sampled_hr@10" not in full["pop"]
+    assert sampled["pop"]["sampled_hr@10"] > full["pop"]["hr@10"], "10 of 21 candidates is easier than 10 of 60"
+    # One run with negatives gives the full-ranking figures too, the same as a run without.
+    assert {m: sampled["pop"][m] for m in ("hr@10", "ndcg@10", "ndcg@20")} == {
+        m: full["pop"][m] for m in ("hr@10", "ndcg@10", "ndcg@20")
+    }
+    assert 0 <= sampled["pop"]["sampled_ndcg@10"] <= sampled["pop"]["sampled_hr@10"] <= 1
 
 
 def test_next_item_needs_a_file(tmp_path):
