@@ -129,10 +129,27 @@ def _no_worker_left():
     WorkerProcess.started.clear()
 
 
-def stream_in_background(settings, events, rate: float) -> threading.Thread:
-    thread = threading.Thread(target=publish_events, args=(settings, events), kwargs={"rate": rate}, daemon=True)
-    thread.start()
-    return thread
+class LiveStream:
+    """Events at a fixed rate from a thread until `finish()` (or until `events` run out: the bound),
+    so a slow machine cannot end the stream before the faults it must overlap."""
+
+    def __init__(self, settings, events, rate: float) -> None:
+        self.stop, self.sent = threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, args=(settings, events, rate), daemon=True)
+        self.thread.start()
+
+    def _run(self, settings, events, rate: float) -> None:
+        self.sent = publish_events(settings, events, rate=rate, stop=self.stop)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def finish(self) -> int:
+        """Stop producing; returns how many events were sent (the first n of `events`, in order)."""
+        self.stop.set()
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive(), "the live stream did not stop"
+        return self.sent
 
 
 def progress(settings) -> int:
@@ -146,9 +163,9 @@ def progress(settings) -> int:
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_a_worker_killed_three_times_mid_stream_loses_and_doubles_nothing(base_settings, tmp_path, guarantee):
     settings = base_settings(processing_guarantee=guarantee)
-    events = events_now(6000, seed=1)
+    events = events_now(21_500, seed=1)
     publish_events(settings, events[:1500])
-    stream = stream_in_background(settings, events[1500:], rate=100)  # 45 s of live events
+    stream = LiveStream(settings, events[1500:], rate=100)  # live until the third restart (at most 200 s)
     recovery: list[float] = []
     worker = WorkerProcess(settings, "worker-0", tmp_path)
     for round_ in range(3):
@@ -162,7 +179,7 @@ def test_a_worker_killed_three_times_mid_stream_loses_and_doubles_nothing(base_s
         wait_until(worker.ready, 60, f"the restarted worker to be ready ({round_ + 1})")
         wait_until(lambda c=committed_at_kill: progress(settings) > c, 60, f"progress after restart {round_ + 1}")
         recovery.append(time.monotonic() - killed)
-    stream.join(timeout=120)
+    events = events[: 1500 + stream.finish()]  # what was sent
     wait_until(lambda: drained(settings), 120, "the last worker to drain the topic")
     assert worker.stop() == 0
     print(f"\n{guarantee}: killed -9, then committing again after {', '.join(f'{s:.1f}s' for s in recovery)}")
@@ -172,9 +189,9 @@ def test_a_worker_killed_three_times_mid_stream_loses_and_doubles_nothing(base_s
 @pytest.mark.faults
 def test_a_rebalance_from_one_to_three_workers_and_back_keeps_every_user_exact(base_settings, tmp_path):
     settings = base_settings()
-    events = events_now(6000, seed=2)
+    events = events_now(16_500, seed=2)
     publish_events(settings, events[:1500])
-    stream = stream_in_background(settings, events[1500:], rate=75)  # a minute of live events
+    stream = LiveStream(settings, events[1500:], rate=75)  # live until the workers have left (at most 200 s)
     first = WorkerProcess(settings, "worker-0", tmp_path)
     wait_until(lambda: progress(settings) > 1500, 90, "the first worker to make progress")
     others = [WorkerProcess(settings, f"worker-{n}", tmp_path) for n in (1, 2)]
@@ -183,7 +200,7 @@ def test_a_rebalance_from_one_to_three_workers_and_back_keeps_every_user_exact(b
     wait_until(lambda: progress(settings) > before + 150, 60, "progress with three workers")
     assert stream.is_alive(), "the stream ended before the workers left: the rebalance was not mid-stream"
     assert [w.stop() for w in others] == [0, 0]
-    stream.join(timeout=120)
+    events = events[: 1500 + stream.finish()]  # what was sent
     wait_until(lambda: drained(settings), 120, "the one remaining worker to drain the topic")
     assert first.stop() == 0
     assert_exact(settings, events)
