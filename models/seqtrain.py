@@ -166,9 +166,15 @@ class SequenceRecommender(Recommender):
     def score_sequences(self, codes: torch.Tensor, times_s: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_items): the last position's hidden state · item embeddings^T."""
         self.net.eval()
-        L = self.config.max_len
-        codes = codes[:, -L:].to(self.device)
-        times_s = None if times_s is None else times_s[:, -L:].to(self.device)
+        # The newest max_len columns, less the leading columns that are padding in every row: padded
+        # keys are masked and positions count back from the newest item, so the scores are the same
+        # and attention costs O(longest row^2), not O(max_len^2) (the worker's batches are padded
+        # to the state's recent_items, most users hold fewer).
+        codes = codes[:, -self.config.max_len :]
+        held = (codes >= 0).any(dim=0)  # (L,)
+        first = int(held.int().argmax()) if bool(held.any()) else codes.shape[1] - 1
+        codes = codes[:, first:].to(self.device)
+        times_s = None if times_s is None else times_s[:, -self.config.max_len :][:, first:].to(self.device)
         h = self.net.hidden(codes, times_s)  # (B, L, D)
         scores = self.net.logits(h[:, -1])  # (B, n_items)
         assert torch.isfinite(scores).all(), f"{self.kind} produced non-finite scores"

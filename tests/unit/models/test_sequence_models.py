@@ -142,3 +142,14 @@ def test_sasrec_positions_start_at_the_scale_of_the_items():
     net = REGISTRY["sasrec"](100, make_config("sasrec", {"d_model": 64, "max_len": 200})).net
     item_scale = float(net.item_emb.weight[:100].detach().std()) * net.scale
     assert float(net.pos_emb.weight.detach().std()) < item_scale
+
+
+def test_columns_that_are_padding_in_every_row_do_not_change_the_scores():
+    from models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(30, SASRec.Config(d_model=16, n_blocks=2, max_len=12, dropout=0.0))
+    rows = torch.tensor([[-1, -1, -1, 4, 5, 6], [-1, -1, -1, -1, 7, 8]])
+    wide = torch.cat([torch.full((2, 6), -1), rows], dim=1)  # six more all-padding columns
+    torch.testing.assert_close(model.score_sequences(wide), model.score_sequences(rows))
+    torch.testing.assert_close(model.score_sequences(rows[:, 3:]), model.score_sequences(rows))
