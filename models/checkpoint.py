@@ -141,29 +141,31 @@ def save(
     )
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_dir) if version is None else version
-    target = version_dir(model_dir, version)
-    if target.exists():
-        raise CheckpointError(f"{target} already exists; versions are never overwritten")
-
-    metadata = CheckpointMetadata(
-        kind=model.kind,
-        version=version,
-        item_ids=list(item_ids),
-        hyperparameters=model.hyperparameters(),
-        name=name,
-        created_at_ms=int(time.time() * 1000),
-        metrics=dict(metrics or {}),
-        training=dict(training or {}),
-        promotion=dict(promotion or {}),
-    )
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=model_dir))
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=model_dir))
     try:
         # safetensors wants contiguous CPU tensors that share no memory.
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.tensors().items()}
         save_file(tensors, str(staging / WEIGHTS_FILE))
-        (staging / METADATA_FILE).write_text(json.dumps(metadata.__dict__, indent=1))
-        os.rename(staging, target)
+        # The version is picked under the same lock as the rename that makes it exist: two saves
+        # at once (the trainer and `streamrec train`) would otherwise pick the same number.
+        with _locked(model_dir):
+            version = next_version(model_dir) if version is None else version
+            target = version_dir(model_dir, version)
+            if target.exists():
+                raise CheckpointError(f"{target} already exists; versions are never overwritten")
+            metadata = CheckpointMetadata(
+                kind=model.kind,
+                version=version,
+                item_ids=list(item_ids),
+                hyperparameters=model.hyperparameters(),
+                name=name,
+                created_at_ms=int(time.time() * 1000),
+                metrics=dict(metrics or {}),
+                training=dict(training or {}),
+                promotion=dict(promotion or {}),
+            )
+            (staging / METADATA_FILE).write_text(json.dumps(metadata.__dict__, indent=1))
+            os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -96,3 +96,17 @@ def test_changes_to_the_serving_record_made_at_once_are_all_kept(tmp_path):
         list(pool.map(record, [1, 2, 1, 2]))
     history = json.loads((tmp_path / checkpoint.SERVING_FILE).read_text())["history"]
     assert len(history) == 200
+
+
+def test_concurrent_saves_each_get_their_own_version(tmp_path):
+    """The next version is picked under the same lock as the write: 16 saves at once from 8
+    threads (the trainer and `streamrec train` into one directory) give 16 versions, none lost."""
+    from models.baselines import Popularity
+
+    def save(n: int) -> int:
+        path = checkpoint.save(Popularity(3), tmp_path, item_ids=["a", "b", "c"], name=f"m{n}")
+        return checkpoint.read_metadata(path).version
+
+    with ThreadPoolExecutor(8) as pool:
+        saved = list(pool.map(save, range(16)))
+    assert sorted(saved) == list(range(1, 17)) and checkpoint.versions(tmp_path) == list(range(1, 17))
