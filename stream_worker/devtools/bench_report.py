@@ -29,9 +29,13 @@ def table(results: Results) -> str:
         f"{results.state_bytes['allocated bytes']:,.0f} allocated in all)",
         f"  per flush while draining: {d['users per batch']:.0f} users/batch, batch_wait {d['batch_wait ms']:.1f} ms, "
         f"inference {d['inference ms']:.1f} ms, publish {d['publish ms']:.1f} ms, commit {d['commit ms']:.1f} ms",
-        "  share of the drain's wall time: "
-        + ", ".join(f"{stage} {d[f'{stage} s total'] / wall:.0%}" for stage in loop_stages)
-        + f", the rest (polling, loop) {max(1 - sum(d[f'{stage} s total'] for stage in loop_stages) / wall, 0):.0%}",
+        (
+            "  share of the drain's wall time: "
+            + ", ".join(f"{stage} {d[f'{stage} s total'] / wall:.0%}" for stage in loop_stages)
+            + f", the rest (polling, loop) {max(1 - sum(d[f'{stage} s total'] for stage in loop_stages) / wall, 0):.0%}"
+            if wall > 0  # a tiny backlog can be applied and committed between two scrapes of /metrics
+            else "  share of the drain's wall time: not measured (drained between two scrapes of /metrics)"
+        ),
         "",
         f"{'rate':>11} {'achieved':>9} {'lists':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'gen p50':>8} {'gen p99':>8} {'users/batch':>12} {'wait':>6} {'infer':>6} {'publ':>6} {'commit':>7}",
