@@ -110,7 +110,6 @@ class Inference:
     def recommend(self, batch: StateBatch) -> Ranked:
         n_users, n_items = len(batch.user_ids), self.model.n_items
         index = self._model_index(batch.item_codes)  # (B, L), -1 = empty or unknown to the model
-        weights = np.where(index >= 0, batch.weights, 0).astype(np.float32)  # (B, L)
         # Flat positions of the user's own items in the (B, n_items) scores, to mask them.
         seen = (np.arange(n_users)[:, None] * n_items + index)[index >= 0]  # (n_seen,)
         k = min(self.top_k, n_items)
@@ -123,6 +122,7 @@ class Inference:
                 codes = compact_left(index_t)  # (B, L)
                 scores = self.model.score_sequences(codes, torch.from_numpy(batch.times_s.astype(np.int64))).float()
             else:
+                weights = np.where(index >= 0, batch.weights, 0).astype(np.float32)  # (B, L)
                 weights_t = torch.from_numpy(weights).to(self.device)
                 score_bag = (
                     self.model.score_bag if self.sparse else lambda i, w: Recommender.score_bag(self.model, i, w)

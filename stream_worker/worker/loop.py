@@ -60,7 +60,7 @@ from stream_worker.kafka.stats import ConsumerStats
 from stream_worker.metrics import WorkerMetrics
 from stream_worker.worker import changelog
 from stream_worker.worker.batching import MicroBatcher
-from stream_worker.worker.commit import make_strategy
+from stream_worker.worker.commit import TopicKey, make_strategy
 from stream_worker.worker.inference import Inference
 from stream_worker.worker.online_eval import OnlineEvaluator
 from stream_worker.worker.publish import DEFAULT_MESSAGE_MAX_BYTES, Publisher
@@ -72,8 +72,6 @@ log = logging.getLogger(__name__)
 STALL_LIMIT_S = 60.0
 # How often the worker checks that the cluster answers, and how often it says so when not.
 PROBE_INTERVAL_S = 5.0
-
-TopicKey = tuple[str, int]
 
 
 class StopIncomplete(Exception):
